@@ -1,0 +1,83 @@
+"""API entry point (`uvicorn api.main:app`): builds the FastAPI app, its middleware and its connections."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from arq.connections import RedisSettings, create_pool
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api import errors
+from api.deps import Services
+from api.limits import BodySizeLimit
+from api.routes import generations, ops
+from api.schemas import GenerationCreate
+from shared.config import Settings, get_settings
+from shared.logging import configure_logging
+from shared.redis_client import streams_client
+from shared.state import Generations
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings)
+        streams = streams_client(settings)
+        # arq's pool retries its first connection; a Redis that is down must not stop the API from starting.
+        queue = await create_pool(
+            RedisSettings.from_dsn(settings.redis_url),
+            default_queue_name=settings.queue_name,
+            retry=0,
+        )
+        app.state.services = Services(settings, streams, Generations(streams, settings), queue)
+        try:
+            yield
+        finally:
+            await queue.aclose()
+            await streams.aclose()
+
+    app = FastAPI(
+        title="sse-relay",
+        version="0.1.0",
+        summary="Queue-backed, resumable Server-Sent Events for LLM output.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(generations.router)
+    app.include_router(ops.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key", "Prefer"],
+            expose_headers=["X-Generation-Id", "Location"],
+        )
+    _document_body(app)
+    return app
+
+
+def _document_body(app: FastAPI) -> None:
+    """Add the POST body's schema (read by our own dependency, so FastAPI does not see it) to /openapi.json."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            body = GenerationCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body.pop("$defs", {}))
+            components["GenerationCreate"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+app = create_app()

@@ -1,0 +1,93 @@
+"""Request and response bodies of the HTTP API (also what /docs shows)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+Status = Literal["queued", "running", "done", "error", "cancelled"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str = Field(max_length=1_000_000)
+
+
+class GenerationCreate(BaseModel):
+    """POST /v1/generations. Exactly one of `prompt` and `messages`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(default=None, min_length=1, max_length=1_000_000)
+    system: str | None = Field(default=None, max_length=1_000_000)
+    messages: list[Message] | None = Field(default=None, min_length=1, max_length=1000)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    on_complete: str | None = Field(default=None, min_length=1, max_length=200)
+    on_content: str | None = Field(default=None, min_length=1, max_length=200)
+    metadata: dict[str, Any] | None = None
+    background: bool = False
+    error_context: str | None = Field(default=None, max_length=200, description="Label for the worker's logs.")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerationCreate:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` and `messages`")
+        if self.system is not None and self.messages is not None:
+            raise ValueError("`system` goes with `prompt`; put a system message in `messages` instead")
+        return self
+
+    def provider_args(self) -> dict[str, Any]:
+        args = {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p}
+        return {key: value for key, value in args.items() if value is not None}
+
+
+class GenerationCreated(BaseModel):
+    """202 answer to a background POST."""
+
+    id: str
+    status: Status
+    url: str
+    events_url: str
+
+
+class GenerationStatus(BaseModel):
+    id: str
+    status: Status
+
+
+class GenerationError(BaseModel):
+    code: str
+    message: str
+
+
+class GenerationView(BaseModel):
+    """GET /v1/generations/{id}."""
+
+    id: str
+    status: Status
+    model: str
+    text: str
+    reasoning: str | None
+    finish_reason: str | None
+    usage: dict[str, Any] | None
+    error: GenerationError | None
+    metadata: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,81 @@
+"""Redis stream -> SSE: decides the resume point (204/400/reset) and encodes entries as `id:` + `data:` frames."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.errors import ApiError
+from shared import events
+from shared.config import Settings
+from shared.ids import format_stream_id, parse_stream_id, previous_stream_id
+from shared.redis_client import StreamsRedis
+from shared.state import GenerationState
+from shared.streams import Entry, first_entry_id, follow
+
+START = "0-0"
+
+
+def resume_point(header: str | None, query: str | None) -> str | None:
+    """Last-Event-ID header, else `last_event_id` query; 400 if it is not a stream id."""
+    raw = header if header else query
+    if not raw:
+        return None
+    parsed = parse_stream_id(raw.strip())
+    if parsed is None:
+        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be a stream id such as 1732512345678-0.")
+    return format_stream_id(parsed)
+
+
+def is_at_or_after(resume: str, terminal_id: str) -> bool:
+    a, b = parse_stream_id(resume), parse_stream_id(terminal_id)
+    return a is not None and b is not None and a >= b
+
+
+async def replay_plan(
+    redis: StreamsRedis, events_key: str, state: GenerationState, resume: str | None
+) -> tuple[list[Entry], str]:
+    """-> (synthetic entries to send first, id to read after).
+
+    If entries the client has not seen were trimmed (MAXLEN), it gets a `reset` and what is left:
+    never a silent gap. The reset is labelled with the id just before the oldest retained entry.
+    """
+    after = resume or START
+    if state.first_id is None:
+        return [], after
+    oldest = await first_entry_id(redis, events_key)
+    if oldest is None or oldest == state.first_id:
+        return [], after
+    oldest_parts = parse_stream_id(oldest)
+    after_parts = parse_stream_id(after)
+    if oldest_parts is None or after_parts is None or after_parts >= previous_stream_id(oldest_parts):
+        return [], after
+    label = format_stream_id(previous_stream_id(oldest_parts))
+    return [(label, events.reset(state.attempt, "replay_truncated"))], label
+
+
+def encode_entries(entries: list[Entry]) -> bytes:
+    return "".join(f"id: {entry_id}\ndata: {raw}\n\n" for entry_id, raw in entries).encode()
+
+
+async def frames(
+    redis: StreamsRedis, events_key: str, first: list[Entry], after: str, block_ms: int
+) -> AsyncIterator[bytes]:
+    if first:
+        yield encode_entries(first)
+    async for batch in follow(redis, events_key, after, block_ms):
+        yield encode_entries(batch)
+
+
+def sse_response(
+    settings: Settings, body: AsyncIterator[bytes], headers: dict[str, str] | None = None
+) -> EventSourceResponse:
+    return EventSourceResponse(
+        body,
+        headers=headers,
+        ping=settings.sse_ping_s,
+        sep="\n",
+        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+        send_timeout=settings.sse_send_timeout_s,
+    )

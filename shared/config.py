@@ -1,0 +1,100 @@
+"""Settings for every process (API, worker, CLI), read from the environment and a `.env` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# DashScope's OpenAI-compatible endpoint: the seed's default provider.
+DASHSCOPE_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of sse-relay; the README's configuration table lists the same names and defaults."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Provider.
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "DASHSCOPE_API_KEY")
+    )
+    dashscope_api_key: SecretStr | None = Field(default=None, validation_alias="DASHSCOPE_API_KEY")
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    ai_model_name: str = Field(default="qwen-plus", validation_alias=AliasChoices("AI_MODEL_NAME", "QWEN_MODEL_NAME"))
+    upstream_read_timeout_s: float = Field(default=60.0, gt=0, validation_alias="UPSTREAM_READ_TIMEOUT_S")
+    upstream_connect_timeout_s: float = Field(default=10.0, gt=0, validation_alias="UPSTREAM_CONNECT_TIMEOUT_S")
+    upstream_max_retries: int = Field(default=2, ge=0, le=10, validation_alias="UPSTREAM_MAX_RETRIES")
+
+    # Redis.
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    streams_redis_url: str | None = Field(default=None, validation_alias="STREAMS_REDIS_URL")
+    key_prefix: str = Field(default="sse-relay", validation_alias="SSE_RELAY_KEY_PREFIX")
+    queue_name: str = Field(default="sse-relay:queue", validation_alias="SSE_RELAY_QUEUE_NAME")
+
+    # Durable store (used from the results issue on).
+    database_url: str = Field(default="sqlite+aiosqlite:///./sse-relay.db", validation_alias="DATABASE_URL")
+
+    # API.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="SSE_RELAY_API_KEYS")
+    max_body_bytes: int = Field(default=1_048_576, gt=0, validation_alias="MAX_BODY_BYTES")
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="CORS_ALLOW_ORIGINS"
+    )
+    sse_ping_s: float = Field(default=15.0, gt=0, validation_alias="SSE_PING_S")
+    sse_send_timeout_s: float = Field(default=30.0, gt=0, validation_alias="SSE_SEND_TIMEOUT_S")
+    sse_read_block_ms: int = Field(default=5_000, ge=100, validation_alias="SSE_READ_BLOCK_MS")
+
+    # Streams.
+    stream_maxlen: int = Field(default=100_000, ge=100, validation_alias="STREAM_MAXLEN")
+    live_ttl_s: int = Field(default=86_400, ge=60, validation_alias="LIVE_TTL_S")
+    finished_ttl_s: int = Field(default=86_400, ge=1, validation_alias="FINISHED_TTL_S")
+    coalesce_ms: float = Field(default=0.0, ge=0, le=1000, validation_alias="COALESCE_MS")
+
+    # Worker.
+    worker_max_jobs: int = Field(default=500, ge=1, validation_alias="WORKER_MAX_JOBS")
+    job_timeout_s: int = Field(default=900, ge=5, validation_alias="JOB_TIMEOUT_S")
+    job_max_tries: int = Field(default=3, ge=1, validation_alias="JOB_MAX_TRIES")
+    cancel_poll_s: float = Field(default=0.5, gt=0, validation_alias="CANCEL_POLL_S")
+    worker_poll_delay_s: float = Field(default=0.5, gt=0, validation_alias="WORKER_POLL_DELAY_S")
+
+    @field_validator("api_keys", "cors_allow_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _dashscope_default_url(self) -> Settings:
+        # Only DASHSCOPE_API_KEY given: the key is DashScope's, so talk to DashScope unless told otherwise.
+        only_dashscope = self.dashscope_api_key is not None and self.openai_api_key == self.dashscope_api_key
+        if self.openai_base_url in (None, "") and only_dashscope:
+            self.openai_base_url = DASHSCOPE_BASE_URL
+        if self.openai_base_url == "":
+            self.openai_base_url = None
+        return self
+
+    @property
+    def streams_url(self) -> str:
+        return self.streams_redis_url or self.redis_url
+
+    @property
+    def provider_key(self) -> str | None:
+        return self.openai_api_key.get_secret_value() if self.openai_api_key else None
+
+    def secrets(self) -> list[str]:
+        """Every secret value this process knows, for log redaction."""
+        found = [self.provider_key, *(self.api_keys or [])]
+        return [value for value in found if value]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,22 @@
+"""Every Redis key name sse-relay uses, built in one place; a generation's keys share a `{id}` hash tag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationKeys:
+    """The keys of one generation; the `{id}` hash tag keeps them in one Redis Cluster slot for Lua."""
+
+    events: str
+    state: str
+
+
+def generation_keys(prefix: str, generation_id: str) -> GenerationKeys:
+    tag = f"{prefix}:gen:{{{generation_id}}}"
+    return GenerationKeys(events=f"{tag}:events", state=f"{tag}:state")
+
+
+def worker_health_key(prefix: str) -> str:
+    return f"{prefix}:worker-health"

@@ -1,0 +1,66 @@
+"""Lua scripts behind every write to a generation: one atomic step each, so races between API and worker are safe.
+
+All scripts take KEYS[1] = the events stream, KEYS[2] = the state hash (same `{id}` hash tag).
+"""
+
+# Append events for the current attempt. Refuses once a terminal event exists (exactly one terminal event)
+# or when the caller's attempt is not the current one (a stale worker after a retry writes nothing).
+# ARGV: attempt, maxlen, live_ttl, finished_ttl, terminal_status ('' if none), terminal_fields_json, event...
+# Returns {code, last_id, cancel}: code 1 written, 0 refused (terminal exists), -1 refused (stale attempt).
+PUBLISH = """
+local st = redis.call('HMGET', KEYS[2], 'terminal_id', 'attempt', 'cancel', 'status')
+local cancel = st[3] or ''
+if not st[4] then return {-2, '', cancel} end
+if st[1] then return {0, st[1], cancel} end
+if tostring(st[2]) ~= ARGV[1] then return {-1, '', cancel} end
+local id = ''
+for i = 7, #ARGV do
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
+end
+if redis.call('HSETNX', KEYS[2], 'first_id', id) == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[2], 'status', ARGV[5], 'terminal_id', id)
+  if ARGV[6] ~= '' then
+    local fields = cjson.decode(ARGV[6])
+    for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return {1, id, cancel}
+"""
+
+# A worker starts an attempt. Returns {outcome, attempt, had_output}:
+# 'missing' (state expired), 'terminal' (already finished, e.g. cancelled while queued), 'ok'.
+# ARGV: now.
+CLAIM = """
+local st = redis.call('HMGET', KEYS[2], 'status', 'terminal_id', 'attempt', 'started_at')
+if not st[1] then return {'missing', 0, 0} end
+if st[2] then return {'terminal', tonumber(st[3]) or 0, 0} end
+local attempt = (tonumber(st[3]) or 0) + 1
+redis.call('HSET', KEYS[2], 'attempt', attempt, 'status', 'running')
+if not st[4] then redis.call('HSET', KEYS[2], 'started_at', ARGV[1]) end
+return {'ok', attempt, redis.call('XLEN', KEYS[1])}
+"""
+
+# A caller cancels. Queued: the terminal event is written here, so the provider is never called.
+# Running: a flag the worker polls; the worker writes the terminal event and closes the upstream request.
+# ARGV: maxlen, finished_ttl, event_json, now. Returns {outcome, status}.
+CANCEL = """
+local st = redis.call('HMGET', KEYS[2], 'status', 'terminal_id')
+if not st[1] then return {'missing', ''} end
+if st[2] then return {'finished', st[1]} end
+if st[1] == 'queued' then
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[3])
+  redis.call('HSETNX', KEYS[2], 'first_id', id)
+  redis.call('HSET', KEYS[2], 'status', 'cancelled', 'terminal_id', id, 'finished_at', ARGV[4],
+    'error_code', 'cancelled', 'cancel', '1')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  return {'cancelled', 'cancelled'}
+end
+redis.call('HSET', KEYS[2], 'cancel', '1')
+return {'cancelling', st[1]}
+"""

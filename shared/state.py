@@ -1,0 +1,165 @@
+"""A generation's state in Redis: create, claim, publish, cancel and read, each one atomic round trip."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from redis.asyncio import Redis
+
+from shared import events, lua
+from shared.config import Settings
+from shared.errors import ErrorCode
+from shared.jobs import StoredRequest
+from shared.keys import GenerationKeys, generation_keys
+from shared.redis_client import StreamsRedis
+
+Status = Literal["queued", "running", "done", "error", "cancelled"]
+PublishOutcome = Literal["written", "finished", "stale", "missing"]
+_PUBLISH_OUTCOMES: dict[int, PublishOutcome] = {1: "written", 0: "finished", -1: "stale", -2: "missing"}
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    outcome: PublishOutcome
+    last_id: str
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    outcome: Literal["ok", "terminal", "missing"]
+    attempt: int
+    had_output: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationState:
+    """The state hash, decoded."""
+
+    id: str
+    status: Status
+    model: str
+    request: StoredRequest
+    metadata: dict[str, Any]
+    owner: str
+    attempt: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    first_id: str | None
+    terminal_id: str | None
+    finish_reason: str | None
+    usage: dict[str, Any] | None
+    error_code: str | None
+    cancel_requested: bool
+
+    @classmethod
+    def from_hash(cls, generation_id: str, raw: dict[str, str]) -> GenerationState:
+        def num(name: str) -> float | None:
+            return float(raw[name]) if raw.get(name) else None
+
+        return cls(
+            id=generation_id,
+            status=raw["status"],  # type: ignore[arg-type]
+            model=raw.get("model", ""),
+            request=StoredRequest.model_validate_json(raw["request"]),
+            metadata=json.loads(raw.get("metadata") or "{}"),
+            owner=raw.get("owner", ""),
+            attempt=int(raw.get("attempt") or 0),
+            created_at=float(raw["created_at"]),
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            first_id=raw.get("first_id"),
+            terminal_id=raw.get("terminal_id"),
+            finish_reason=raw.get("finish_reason") or None,
+            usage=json.loads(raw["usage"]) if raw.get("usage") else None,
+            error_code=raw.get("error_code") or None,
+            cancel_requested=raw.get("cancel") == "1",
+        )
+
+
+class Generations:
+    """All reads and writes of generation state, for both the API and the worker."""
+
+    def __init__(self, redis: StreamsRedis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        # RedisCluster has the same register_script (keys share a hash tag); redis-py types it for Redis only.
+        client = cast(Redis, redis)
+        self._publish = client.register_script(lua.PUBLISH)
+        self._claim = client.register_script(lua.CLAIM)
+        self._cancel = client.register_script(lua.CANCEL)
+
+    def keys(self, generation_id: str) -> GenerationKeys:
+        return generation_keys(self.settings.key_prefix, generation_id)
+
+    async def create(self, generation_id: str, request: StoredRequest, metadata: dict[str, Any], owner: str) -> None:
+        keys = self.keys(generation_id)
+        fields = {
+            "status": "queued",
+            "model": request.model,
+            "request": request.model_dump_json(),
+            "metadata": json.dumps(metadata, separators=(",", ":"), ensure_ascii=False),
+            "owner": owner,
+            "attempt": "0",
+            "created_at": repr(time.time()),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.state, mapping=fields)
+            pipe.expire(keys.state, self.settings.live_ttl_s)
+            await pipe.execute()
+
+    async def get(self, generation_id: str) -> GenerationState | None:
+        raw: dict[str, str] = await self.redis.hgetall(self.keys(generation_id).state)  # type: ignore[misc]
+        if not raw or "status" not in raw or "request" not in raw:
+            return None
+        return GenerationState.from_hash(generation_id, raw)
+
+    async def cancel_requested(self, generation_id: str) -> bool:
+        flag = await self.redis.hget(self.keys(generation_id).state, "cancel")  # type: ignore[misc]
+        return bool(flag == "1")
+
+    async def claim(self, generation_id: str) -> Claim:
+        keys = self.keys(generation_id)
+        outcome, attempt, xlen = await self._claim(keys=[keys.events, keys.state], args=[repr(time.time())])
+        return Claim(outcome=outcome, attempt=int(attempt), had_output=int(xlen) > 0)
+
+    async def publish(
+        self,
+        generation_id: str,
+        attempt: int,
+        payloads: list[str],
+        terminal_status: Status | None = None,
+        terminal_fields: dict[str, str] | None = None,
+    ) -> PublishResult:
+        """Append events (already JSON); with `terminal_status`, the last one ends the generation."""
+        keys = self.keys(generation_id)
+        fields = dict(terminal_fields or {})
+        if terminal_status is not None:
+            fields.setdefault("finished_at", repr(time.time()))
+        args: list[str | int] = [
+            str(attempt),
+            self.settings.stream_maxlen,
+            self.settings.live_ttl_s,
+            self.settings.finished_ttl_s,
+            terminal_status or "",
+            json.dumps(fields) if fields else "",
+            *payloads,
+        ]
+        code, last_id, cancel = await self._publish(keys=[keys.events, keys.state], args=args)
+        return PublishResult(_PUBLISH_OUTCOMES[int(code)], str(last_id), cancel == "1")
+
+    async def cancel(self, generation_id: str) -> tuple[str, str]:
+        """-> (outcome, status): outcome is 'missing', 'finished', 'cancelled' (was queued) or 'cancelling'."""
+        keys = self.keys(generation_id)
+        args: list[str | int] = [
+            self.settings.stream_maxlen,
+            self.settings.finished_ttl_s,
+            events.error(ErrorCode.CANCELLED),
+            repr(time.time()),
+        ]
+        outcome, status = await self._cancel(keys=[keys.events, keys.state], args=args)
+        return str(outcome), str(status)

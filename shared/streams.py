@@ -1,0 +1,79 @@
+"""Reading a generation's Redis stream: ranges, blocking reads, and folding events back into text."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from shared.redis_client import StreamsRedis
+
+Entry = tuple[str, str]  # (stream entry id, event JSON)
+
+# Events are encoded with "type" first (shared.events.encode), so the terminal check needs no JSON parse.
+_TERMINAL_PREFIXES = ('{"type":"done"', '{"type":"error"')
+
+
+def is_terminal(raw: str) -> bool:
+    return raw.startswith(_TERMINAL_PREFIXES)
+
+
+def _entries(raw: list[tuple[str, dict[str, str]]]) -> list[Entry]:
+    return [(entry_id, fields["e"]) for entry_id, fields in raw]
+
+
+async def read_range(redis: StreamsRedis, key: str, after: str = "-", count: int | None = None) -> list[Entry]:
+    """Entries strictly after `after` ("-" for all)."""
+    start = after if after == "-" else f"({after}"
+    return _entries(await redis.xrange(key, min=start, max="+", count=count))
+
+
+async def first_entry_id(redis: StreamsRedis, key: str) -> str | None:
+    head = await redis.xrange(key, min="-", max="+", count=1)
+    return str(head[0][0]) if head else None
+
+
+async def follow(redis: StreamsRedis, key: str, after: str, block_ms: int) -> AsyncIterator[list[Entry]]:
+    """Batches of entries after `after`, then live ones, until the terminal event or the stream disappears."""
+    last = after
+    while True:
+        response = await redis.xread({key: last}, count=1000, block=block_ms)
+        if not response:
+            if not await redis.exists(key):
+                return
+            continue
+        batch = _entries(response[0][1])
+        for index, (_, raw) in enumerate(batch):
+            if is_terminal(raw):
+                yield batch[: index + 1]
+                return
+        last = batch[-1][0]
+        yield batch
+
+
+@dataclass(slots=True)
+class Folded:
+    """What a client that applied every event would show: text and reasoning after the last reset."""
+
+    text: str = ""
+    reasoning: str = ""
+    terminal: dict[str, object] | None = None
+
+
+def fold(entries: list[Entry]) -> Folded:
+    text: list[str] = []
+    reasoning: list[str] = []
+    terminal: dict[str, object] | None = None
+    for _, raw in entries:
+        event = json.loads(raw)
+        kind = event["type"]
+        if kind == "content":
+            text.append(event["data"])
+        elif kind == "reasoning":
+            reasoning.append(event["data"])
+        elif kind == "reset":
+            text.clear()
+            reasoning.clear()
+        else:
+            terminal = event
+    return Folded("".join(text), "".join(reasoning), terminal)

@@ -1,0 +1,158 @@
+"""The provider side of a generation: one AsyncOpenAI client per process, streaming, error classification."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import openai
+import pydantic
+
+from shared.config import Settings
+from shared.errors import ErrorCode
+from shared.jobs import StoredRequest
+
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def make_client(settings: Settings) -> openai.AsyncOpenAI:
+    """Explicit timeouts: the SDK's default read timeout is 600 s, and a stalled provider must end sooner."""
+    timeout = openai.Timeout(
+        connect=settings.upstream_connect_timeout_s,
+        read=settings.upstream_read_timeout_s,
+        write=30.0,
+        pool=30.0,
+    )
+    return openai.AsyncOpenAI(
+        api_key=settings.provider_key or "missing-key",
+        # Explicit even when unset: the SDK would read an empty OPENAI_BASE_URL from the environment as "".
+        base_url=settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
+        timeout=timeout,
+        max_retries=settings.upstream_max_retries,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    kind: Literal["content", "reasoning"]
+    text: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Filled in while streaming: how the provider ended the answer."""
+
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class UpstreamError(Exception):
+    """A provider failure, already classified; carries no provider text (it can echo credentials)."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+async def stream_pieces(client: openai.AsyncOpenAI, request: StoredRequest, outcome: Outcome) -> AsyncIterator[Piece]:
+    """Yields the answer's pieces; raises UpstreamError for every failure, including a truncated stream."""
+    try:
+        stream: openai.AsyncStream[Any] = await client.chat.completions.create(  # type: ignore[call-overload]
+            model=request.model,
+            messages=request.messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            **request.provider_args,
+        )
+        # `async with` closes the upstream response when this generator is closed or cancelled.
+        async with stream:
+            async for chunk in stream:
+                for piece in _pieces_of(chunk, outcome):
+                    yield piece
+    except UpstreamError:
+        raise
+    except Exception as exc:
+        raise UpstreamError(classify(exc), describe(exc)) from None
+    if outcome.finish_reason is None:
+        raise UpstreamError(ErrorCode.UPSTREAM_BAD_RESPONSE, "stream ended without a finish_reason")
+
+
+def _pieces_of(chunk: Any, outcome: Outcome) -> list[Piece]:
+    if chunk.usage is not None:
+        outcome.usage = chunk.usage.model_dump(exclude_none=True)
+    pieces: list[Piece] = []
+    for choice in chunk.choices or []:
+        if choice.index != 0:
+            continue
+        delta = choice.delta
+        # Reasoning models (DeepSeek, DashScope) send an extra attribute the SDK does not declare.
+        thinking = getattr(delta, "reasoning_content", None) if delta is not None else None
+        if thinking:
+            pieces.append(Piece("reasoning", str(thinking)))
+        if delta is not None and delta.content:
+            pieces.append(Piece("content", delta.content))
+        if choice.finish_reason:
+            outcome.finish_reason = choice.finish_reason
+    return pieces
+
+
+_STATUS_CODES: dict[int, ErrorCode] = {
+    400: ErrorCode.UPSTREAM_BAD_REQUEST,
+    401: ErrorCode.UPSTREAM_AUTH,
+    403: ErrorCode.UPSTREAM_AUTH,
+    404: ErrorCode.UPSTREAM_BAD_REQUEST,
+    408: ErrorCode.UPSTREAM_TIMEOUT,
+    413: ErrorCode.UPSTREAM_BAD_REQUEST,
+    422: ErrorCode.UPSTREAM_BAD_REQUEST,
+    429: ErrorCode.UPSTREAM_RATE_LIMITED,
+}
+
+
+_PARSE_ERRORS = (json.JSONDecodeError, pydantic.ValidationError, AttributeError, TypeError, KeyError)
+
+
+def _transport_kind(exc: BaseException) -> str | None:
+    """Mid-stream transport errors come raw from the SDK's HTTP library (httpx, or httpx2 in openai >= 3):
+    recognise them by class name so either library works."""
+    names = {cls.__name__ for cls in type(exc).__mro__ if cls.__module__.split(".")[0].startswith("httpx")}
+    if "TimeoutException" in names:
+        return "timeout"
+    if "TransportError" in names or "StreamError" in names:
+        return "transport"
+    return None
+
+
+def classify(exc: BaseException) -> ErrorCode:
+    """Map an SDK, transport or parsing failure to the SPEC's error code."""
+    transport = _transport_kind(exc)
+    if isinstance(exc, openai.APITimeoutError) or transport == "timeout":
+        return ErrorCode.UPSTREAM_TIMEOUT
+    if isinstance(exc, openai.APIStatusError):
+        code = _STATUS_CODES.get(exc.status_code)
+        if code is not None:
+            return code
+        return ErrorCode.UPSTREAM_UNAVAILABLE if exc.status_code >= 500 else ErrorCode.UPSTREAM_BAD_REQUEST
+    if isinstance(exc, openai.APIConnectionError) or transport == "transport":
+        return ErrorCode.UPSTREAM_UNAVAILABLE
+    if isinstance(exc, openai.APIError):
+        # An error object sent inside the stream by the provider.
+        return ErrorCode.UPSTREAM_UNAVAILABLE
+    if isinstance(exc, _PARSE_ERRORS):
+        return ErrorCode.UPSTREAM_BAD_RESPONSE
+    return ErrorCode.INTERNAL
+
+
+def describe(exc: BaseException) -> str:
+    """A log-safe description: the exception's type and status, never its message or request."""
+    parts = [type(exc).__name__]
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        parts.append(f"status={status}")
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code.isidentifier():
+        parts.append(f"provider_code={code}")
+    return " ".join(parts)
