@@ -1,0 +1,1 @@
+"""sse-relay's test suite: unit tests (fast, fakeredis allowed) and integration tests (real processes)."""

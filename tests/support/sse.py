@@ -1,0 +1,53 @@
+"""A test client's view of an SSE response: parsed events with ids, via httpx-sse."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource
+
+from shared.ids import parse_stream_id
+
+
+@dataclass(frozen=True)
+class Received:
+    id: str
+    data: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.data["type"])
+
+
+async def read_events(response: httpx.Response, limit: int | None = None) -> list[Received]:
+    """Events of a streaming response, until it ends or `limit` events were read."""
+    received: list[Received] = []
+    async for sse in EventSource(response).aiter_sse():
+        received.append(Received(sse.id, json.loads(sse.data)))
+        if limit is not None and len(received) >= limit:
+            break
+    return received
+
+
+def text_of(events: list[Received]) -> str:
+    """What a client shows: `content` after the last `reset`."""
+    text: list[str] = []
+    for event in events:
+        if event.type == "reset":
+            text.clear()
+        elif event.type == "content":
+            text.append(event.data["data"])
+    return "".join(text)
+
+
+def assert_well_formed(events: list[Received]) -> None:
+    """SPEC section 4: ids strictly increase; exactly one terminal event, and it is the last."""
+    ids = [parse_stream_id(e.id) for e in events]
+    assert all(i is not None for i in ids), ids
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), "ids must strictly increase"
+    terminals = [e for e in events if e.type in ("done", "error")]
+    assert len(terminals) == 1, f"expected exactly one terminal event, got {[e.type for e in events]}"
+    assert events[-1].type in ("done", "error")

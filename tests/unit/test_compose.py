@@ -1,0 +1,257 @@
+"""Structural checks of docker-compose.yml, the Dockerfile and .dockerignore (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+APP_SERVICES = ("api", "worker")
+ALL_SERVICES = ("redis", "postgres", *APP_SERVICES)
+# Variable names that hold credentials; their values may only come from interpolation.
+SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
+# A whole value that is one `${VAR}` / `${VAR:-default}` / `${VAR-default}` / `${VAR:?msg}` interpolation.
+INTERPOLATION = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}$")
+APP_PACKAGES = ("api", "worker", "shared", "cli", "demo")
+# `FROM python:3.11-slim [AS stage]`, optionally fully qualified.
+PYTHON_BASE = re.compile(
+    r"(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)\S*(?:\s+AS\s+\S+)?", re.IGNORECASE
+)
+
+
+def _load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _service(name: str) -> dict[str, Any]:
+    service = _load_compose()["services"][name]
+    assert isinstance(service, dict)
+    return service
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    """Normalise both compose spellings (mapping and `KEY=value` list) to a mapping."""
+    raw = service.get("environment", {})
+    if isinstance(raw, list):
+        pairs = (str(item).partition("=") for item in raw)
+        return {name: value for name, _, value in pairs}
+    assert isinstance(raw, dict)
+    return {str(name): "" if value is None else str(value) for name, value in raw.items()}
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    raw = service["command"]
+    return shlex.split(raw) if isinstance(raw, str) else [str(part) for part in raw]
+
+
+def _healthcheck_test(service: dict[str, Any]) -> list[str]:
+    test = service["healthcheck"]["test"]
+    return shlex.split(test) if isinstance(test, str) else [str(part) for part in test]
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with backslash continuations joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    instructions = []
+    for line in joined.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        keyword, _, args = stripped.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    return instructions
+
+
+def test_compose_file_uses_the_compose_spec_without_a_version_key() -> None:
+    assert "version" not in _load_compose()
+
+
+def test_compose_defines_redis_postgres_api_and_worker_services() -> None:
+    assert set(ALL_SERVICES) <= set(_load_compose()["services"])
+
+
+@pytest.mark.parametrize("name", ALL_SERVICES)
+def test_every_service_has_a_healthcheck_command(name: str) -> None:
+    test = _healthcheck_test(_service(name))
+    assert test[0] in {"CMD", "CMD-SHELL"}
+    assert len(test) > 1
+
+
+def test_redis_healthcheck_pings_the_server() -> None:
+    assert _healthcheck_test(_service("redis"))[1:] == ["redis-cli", "ping"]
+
+
+def test_postgres_healthcheck_checks_the_configured_user_and_database() -> None:
+    postgres = _service("postgres")
+    env = _environment(postgres)
+    assert env["POSTGRES_DB"] == "sse_relay"
+    test = _healthcheck_test(postgres)
+    assert test[1] == "pg_isready"
+    assert test[test.index("-U") + 1] == env["POSTGRES_USER"]
+    assert test[test.index("-d") + 1] == env["POSTGRES_DB"]
+
+
+def test_postgres_keeps_its_data_in_a_named_volume() -> None:
+    compose = _load_compose()
+    mounts = [str(volume) for volume in _service("postgres")["volumes"]]
+    data_mounts = [m for m in mounts if m.split(":")[1:2] == ["/var/lib/postgresql/data"]]
+    assert len(data_mounts) == 1
+    assert data_mounts[0].split(":")[0] in compose["volumes"]
+
+
+def test_postgres_is_not_published_to_the_host() -> None:
+    # Its dev-default password is only acceptable because nothing outside the compose network can reach it.
+    assert "ports" not in _service("postgres")
+
+
+def test_api_healthcheck_probes_readyz_on_the_container_port() -> None:
+    test = _healthcheck_test(_service("api"))
+    assert test[1] == "python"
+    assert "http://127.0.0.1:8000/readyz" in " ".join(test)
+
+
+def test_worker_healthcheck_runs_the_arq_health_check_for_its_settings() -> None:
+    assert _healthcheck_test(_service("worker"))[1:] == ["arq", "--check", "worker.main.WorkerSettings"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+@pytest.mark.parametrize("dependency", ["redis", "postgres"])
+def test_app_services_start_only_after_their_dependencies_are_healthy(name: str, dependency: str) -> None:
+    depends_on = _service(name)["depends_on"]
+    assert isinstance(depends_on, dict), "the list form cannot express `condition: service_healthy`"
+    assert depends_on[dependency]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_are_built_from_this_repository_and_restart_unless_stopped(name: str) -> None:
+    service = _service(name)
+    build = service["build"]
+    context = build if isinstance(build, str) else build["context"]
+    assert context in {".", "./"}
+    assert service["restart"] == "unless-stopped"
+
+
+def test_api_command_serves_the_fastapi_app_on_port_8000_with_bounded_graceful_shutdown() -> None:
+    command = _command(_service("api"))
+    assert command[:2] == ["uvicorn", "api.main:app"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[command.index("--port") + 1] == "8000"
+    assert "--timeout-graceful-shutdown" in command
+
+
+def test_api_publishes_port_8000() -> None:
+    ports = [str(port) for port in _service("api")["ports"]]
+    assert any(port.split(":")[-2:] == ["8000", "8000"] for port in ports)
+
+
+def test_worker_command_runs_the_arq_worker_settings() -> None:
+    assert _command(_service("worker")) == ["arq", "worker.main.WorkerSettings"]
+
+
+def test_worker_gets_a_grace_period_to_finish_running_generations() -> None:
+    grace = str(_service("worker")["stop_grace_period"])
+    match = re.fullmatch(r"(\d+)s", grace)
+    assert match is not None
+    assert int(match.group(1)) >= 30
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_redis_url_points_at_the_redis_service(name: str) -> None:
+    url = urlsplit(_environment(_service(name))["REDIS_URL"])
+    assert url.scheme == "redis"
+    assert url.hostname == "redis"
+    assert url.port == 6379
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_database_url_uses_asyncpg_against_the_postgres_service(name: str) -> None:
+    postgres_env = _environment(_service("postgres"))
+    url = urlsplit(_environment(_service(name))["DATABASE_URL"])
+    assert url.scheme == "postgresql+asyncpg"
+    assert url.hostname == "postgres"
+    assert url.port == 5432
+    assert url.path == f"/{postgres_env['POSTGRES_DB']}"
+    assert url.username == postgres_env["POSTGRES_USER"]
+    # Both sides must read the same variable, or the app and the database disagree on the password.
+    assert url.password == postgres_env["POSTGRES_PASSWORD"]
+
+
+def test_api_and_worker_share_one_environment() -> None:
+    api_env = _environment(_service("api"))
+    assert api_env == _environment(_service("worker"))
+    expected = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "AI_MODEL_NAME", "SSE_RELAY_API_KEYS"}
+    assert expected <= set(api_env)
+
+
+@pytest.mark.parametrize("name", ALL_SERVICES)
+def test_no_environment_value_holds_a_literal_secret(name: str) -> None:
+    for variable, value in _environment(_service(name)).items():
+        if not SECRET_NAME.search(variable) or value == "":
+            continue
+        match = INTERPOLATION.match(value)
+        assert match is not None, f"{name}.{variable} must be a ${{...}} interpolation"
+        # API keys must not carry a default; only the unpublished database gets a dev password.
+        if "PASSWORD" not in variable.upper():
+            assert not match.group("default"), f"{name}.{variable} has a literal default"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_database_url_password_is_interpolated_not_literal(name: str) -> None:
+    password = urlsplit(_environment(_service(name))["DATABASE_URL"]).password
+    assert password is not None
+    assert INTERPOLATION.match(password) is not None
+
+
+def test_dockerfile_final_stage_uses_python_311_or_newer() -> None:
+    bases = [args for keyword, args in _dockerfile_instructions() if keyword == "FROM"]
+    assert bases
+    match = PYTHON_BASE.fullmatch(bases[-1])
+    assert match is not None, bases[-1]
+    assert (int(match.group(1)), int(match.group(2))) >= (3, 11)
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    users = [args for keyword, args in _dockerfile_instructions() if keyword == "USER"]
+    assert users, "no USER instruction: the container would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+
+
+def test_dockerfile_copies_everything_pip_install_needs_before_installing() -> None:
+    instructions = _dockerfile_instructions()
+    install_at = next(
+        i for i, (keyword, args) in enumerate(instructions) if keyword == "RUN" and "pip install" in args
+    )
+    copied: set[str] = set()
+    for keyword, args in instructions[:install_at]:
+        if keyword in {"COPY", "ADD"}:
+            sources = [part for part in args.split() if not part.startswith("--")][:-1]
+            copied.update(source.rstrip("/").removeprefix("./") for source in sources)
+    # pyproject's `readme = "README.md"` makes the build fail without the README.
+    assert {"pyproject.toml", "README.md", *APP_PACKAGES} <= copied
+
+
+def test_dockerfile_defaults_to_the_api_on_port_8000() -> None:
+    instructions = _dockerfile_instructions()
+    assert ("EXPOSE", "8000") in instructions
+    cmd = [args for keyword, args in instructions if keyword == "CMD"][-1]
+    assert "api.main:app" in cmd
+    assert "8000" in cmd
+
+
+def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build_context() -> None:
+    patterns = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()}
+    assert {".venv", ".git", ".env", "*.db", "tests"} <= patterns
+    assert "README.md" not in patterns
