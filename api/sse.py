@@ -10,6 +10,7 @@ from api.errors import ApiError
 from shared import events
 from shared.config import Settings
 from shared.ids import format_stream_id, parse_stream_id, previous_stream_id
+from shared.keys import GenerationKeys
 from shared.redis_client import StreamsRedis
 from shared.state import GenerationState
 from shared.streams import Entry, first_entry_id, follow
@@ -60,11 +61,11 @@ def encode_entries(entries: list[Entry]) -> bytes:
 
 
 async def frames(
-    redis: StreamsRedis, events_key: str, first: list[Entry], after: str, block_ms: int
+    redis: StreamsRedis, keys: GenerationKeys, first: list[Entry], after: str, block_ms: int
 ) -> AsyncIterator[bytes]:
     if first:
         yield encode_entries(first)
-    async for batch in follow(redis, events_key, after, block_ms):
+    async for batch in follow(redis, keys.events, keys.state, after, block_ms):
         yield encode_entries(batch)
 
 

@@ -33,13 +33,18 @@ async def first_entry_id(redis: StreamsRedis, key: str) -> str | None:
     return str(head[0][0]) if head else None
 
 
-async def follow(redis: StreamsRedis, key: str, after: str, block_ms: int) -> AsyncIterator[list[Entry]]:
-    """Batches of entries after `after`, then live ones, until the terminal event or the stream disappears."""
+async def follow(
+    redis: StreamsRedis, key: str, state_key: str, after: str, block_ms: int
+) -> AsyncIterator[list[Entry]]:
+    """Batches of entries after `after`, then live ones, until the terminal event or the generation expires.
+
+    The stream key itself does not exist until the first event, so liveness is the state hash's.
+    """
     last = after
     while True:
         response = await redis.xread({key: last}, count=1000, block=block_ms)
         if not response:
-            if not await redis.exists(key):
+            if not await redis.exists(state_key):
                 return
             continue
         batch = _entries(response[0][1])

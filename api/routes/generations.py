@@ -99,7 +99,7 @@ async def create_generation(
         created = GenerationCreated(id=generation_id, status="queued", url=url, events_url=events_url)
         return JSONResponse(created.model_dump(), status_code=202, headers=headers)
     keys = services.generations.keys(generation_id)
-    stream = frames(services.streams, keys.events, [], START, settings.sse_read_block_ms)
+    stream = frames(services.streams, keys, [], START, settings.sse_read_block_ms)
     return sse_response(settings, metrics.track_stream(stream), headers)
 
 
@@ -119,7 +119,7 @@ async def generation_events(
         return Response(status_code=204)  # stops EventSource from reconnecting
     keys = services.generations.keys(state.id)
     first, after = await replay_plan(services.streams, keys.events, state, resume)
-    stream = frames(services.streams, keys.events, first, after, services.settings.sse_read_block_ms)
+    stream = frames(services.streams, keys, first, after, services.settings.sse_read_block_ms)
     return sse_response(services.settings, metrics.track_stream(stream), {"X-Generation-Id": state.id})
 
 

@@ -21,13 +21,13 @@ def real_redis() -> Iterator[str]:
     if redis_answers(base):
         yield base
         return
+    port = free_port()
     try:
-        process = start_embedded_redis(free_port())
+        process = start_embedded_redis(port)
     except EmbeddedRedisError as exc:
         raise RuntimeError(
             f"No Redis answers at {configured} and the embedded redis-server could not start: {exc}"
         ) from exc
-    port = process.args[process.args.index("--port") + 1]  # type: ignore[union-attr]
     try:
         yield f"redis://127.0.0.1:{port}"
     finally:

@@ -22,14 +22,26 @@ class Received:
         return str(self.data["type"])
 
 
+class EventReader:
+    """Reads one streaming response in several steps (some events, then act, then the rest)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._events = EventSource(response).aiter_sse()
+
+    async def take(self, limit: int | None = None) -> list[Received]:
+        received: list[Received] = []
+        async for sse in self._events:
+            if not sse.data:
+                continue  # a `: ping` comment: the SSE spec dispatches no event for an empty data buffer
+            received.append(Received(sse.id, json.loads(sse.data)))
+            if limit is not None and len(received) >= limit:
+                break
+        return received
+
+
 async def read_events(response: httpx.Response, limit: int | None = None) -> list[Received]:
     """Events of a streaming response, until it ends or `limit` events were read."""
-    received: list[Received] = []
-    async for sse in EventSource(response).aiter_sse():
-        received.append(Received(sse.id, json.loads(sse.data)))
-        if limit is not None and len(received) >= limit:
-            break
-    return received
+    return await EventReader(response).take(limit)
 
 
 def text_of(events: list[Received]) -> str:
@@ -45,8 +57,9 @@ def text_of(events: list[Received]) -> str:
 
 def assert_well_formed(events: list[Received]) -> None:
     """SPEC section 4: ids strictly increase; exactly one terminal event, and it is the last."""
-    ids = [parse_stream_id(e.id) for e in events]
-    assert all(i is not None for i in ids), ids
+    parsed = [parse_stream_id(e.id) for e in events]
+    ids = [i for i in parsed if i is not None]
+    assert len(ids) == len(parsed), f"every event needs a stream id: {[e.id for e in events]}"
     assert ids == sorted(ids) and len(set(ids)) == len(ids), "ids must strictly increase"
     terminals = [e for e in events if e.type in ("done", "error")]
     assert len(terminals) == 1, f"expected exactly one terminal event, got {[e.type for e in events]}"
