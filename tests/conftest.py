@@ -1,13 +1,15 @@
-"""Session fixtures: a real Redis for every test that needs one."""
+"""Session fixtures: a real Redis for every test that needs one, and the running stack for end-to-end tests."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
 from tests.support.services import TEST_DB, real_redis
+from tests.support.stack import Stack, running_stack
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +30,21 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(redis_url, tmp_path_factory.mktemp("stack-logs")) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with stack.client() as http:
+        yield http
+
+
+@pytest.fixture
+async def upstream(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.upstream_url, timeout=10) as http:
+        yield http

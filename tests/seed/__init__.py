@@ -1,0 +1,1 @@
+"""The seed's own browser client, run unchanged against sse-relay."""
