@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_body
+
+_DRAIN_TIMEOUT_S = 5.0
 
 
 class BodySizeLimit:
@@ -15,6 +18,16 @@ class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Lingering close, as nginx does: a client still uploading when the server closes gets a TCP reset
+        # and loses the 413. Bodies up to this size are read and thrown away (never held) before answering.
+        self._drain_cap = max(4 * max_bytes, 8 * 1024 * 1024)
+
+    async def _discard(self, receive: Receive) -> None:
+        with anyio.move_on_after(_DRAIN_TIMEOUT_S):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -22,6 +35,8 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            if declared <= self._drain_cap:
+                await self._discard(receive)
             await self._refuse(send)
             return
         await self.app(scope, self._counting(receive), send)
