@@ -66,13 +66,30 @@ class Settings(BaseSettings):
     cancel_poll_s: float = Field(default=0.5, gt=0, validation_alias="CANCEL_POLL_S")
     worker_poll_delay_s: float = Field(default=0.5, gt=0, validation_alias="WORKER_POLL_DELAY_S")
 
-    @field_validator("api_keys", "cors_allow_origins", mode="before")
+    # Durable results and hooks.
+    auto_migrate: bool = Field(default=True, validation_alias="AUTO_MIGRATE")
+    result_retention_days: float = Field(default=30.0, gt=0, validation_alias="RESULT_RETENTION_DAYS")
+    hook_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="SSE_RELAY_HOOK_MODULES"
+    )
+    hooks: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="SSE_RELAY_HOOKS")
+    hook_timeout_s: float = Field(default=30.0, gt=0, validation_alias="HOOK_TIMEOUT_S")
+    hook_max_attempts: int = Field(default=3, ge=1, le=20, validation_alias="HOOK_MAX_ATTEMPTS")
+    idempotency_ttl_s: int = Field(default=86_400, ge=1, validation_alias="IDEMPOTENCY_TTL_S")
+    # A running job holds a short lease (arq's in-progress key), renewed while it runs: a crashed worker's
+    # generation is picked up by another worker about this many seconds later instead of job_timeout + 10 s.
+    job_lease_s: float = Field(default=3.0, ge=1, validation_alias="JOB_LEASE_S")
+
+    @field_validator("api_keys", "cors_allow_origins", "hook_modules", "hooks", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
     @model_validator(mode="after")
     def _dashscope_default_url(self) -> Settings:
+        # An empty OPENAI_API_KEY (compose's ${OPENAI_API_KEY:-}, a .env template) counts as unset.
+        if self.openai_api_key is not None and not self.openai_api_key.get_secret_value():
+            self.openai_api_key = self.dashscope_api_key
         # Only DASHSCOPE_API_KEY given: the key is DashScope's, so talk to DashScope unless told otherwise.
         only_dashscope = self.dashscope_api_key is not None and self.openai_api_key == self.dashscope_api_key
         if self.openai_base_url in (None, "") and only_dashscope:
@@ -91,7 +108,8 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value this process knows, for log redaction."""
-        found = [self.provider_key, *(self.api_keys or [])]
+        dashscope = self.dashscope_api_key.get_secret_value() if self.dashscope_api_key else None
+        found = [self.provider_key, dashscope, *(self.api_keys or [])]
         return [value for value in found if value]
 
 

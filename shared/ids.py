@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import secrets
 
-GENERATION_ID_RE = re.compile(r"^gen_[0-9a-f]{32}$")
-STREAM_ID_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+GENERATION_ID_RE = re.compile(r"gen_[0-9a-f]{32}")
+STREAM_ID_RE = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _U64 = 2**64 - 1
 
 
@@ -16,12 +16,12 @@ def new_generation_id() -> str:
 
 
 def is_generation_id(value: str) -> bool:
-    return GENERATION_ID_RE.match(value) is not None
+    return GENERATION_ID_RE.fullmatch(value) is not None
 
 
 def parse_stream_id(value: str) -> tuple[int, int] | None:
     """`1732512345678-0` -> (1732512345678, 0); None for anything Redis would reject."""
-    match = STREAM_ID_RE.match(value)
+    match = STREAM_ID_RE.fullmatch(value)
     if match is None:
         return None
     ms, seq = int(match.group(1)), int(match.group(2))
@@ -40,3 +40,13 @@ def previous_stream_id(parts: tuple[int, int]) -> tuple[int, int]:
     if seq > 0:
         return ms, seq - 1
     return (ms - 1, _U64) if ms > 0 else (0, 0)
+
+
+def next_stream_id(last: str | None, now_ms: int) -> str:
+    """An id after `last` (the newest entry this writer made), near `now_ms`: chosen by the worker so the
+    durable record can carry the terminal event's id before the event is written."""
+    candidate = (now_ms, 0)
+    parsed = parse_stream_id(last) if last else None
+    if parsed is not None and candidate <= parsed:
+        candidate = (parsed[0], parsed[1] + 1)
+    return format_stream_id(candidate)

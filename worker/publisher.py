@@ -36,6 +36,7 @@ class Publisher:
         self._flushing: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self.cancel_requested = False
+        self.last_id: str | None = None
 
     async def add(self, kind: Literal["content", "reasoning"], text: str) -> None:
         self._raise_failure()
@@ -87,8 +88,15 @@ class Publisher:
         await self.flush()
         await self._write([payload])
 
-    async def finish(self, payload: str, status: Status, fields: dict[str, str]) -> PublishResult:
-        """The terminal event, after every pending piece, in one atomic write.
+    async def settle(self) -> None:
+        """Everything added so far is written (so `last_id` is the newest entry of this attempt)."""
+        await self._drain(raise_failure=False)
+        await self.flush()
+
+    async def finish(
+        self, payload: str, status: Status, fields: dict[str, str], terminal_id: str | None = None
+    ) -> PublishResult:
+        """The terminal event, after every pending piece, in one atomic write (`terminal_id`: its id).
 
         An earlier failed background write is not re-raised: its pieces are still pending, and the
         script refuses this write too if the stream is closed to this attempt.
@@ -98,7 +106,11 @@ class Publisher:
             self._timer.cancel()
             self._timer = None
         batch, self._pending = self._pending, []
-        return await self._generations.publish(self._id, self._attempt, [*_encode(batch), payload], status, fields)
+        if batch and terminal_id is not None:
+            raise RuntimeError("settle() before finishing with a chosen terminal id")
+        return await self._generations.publish(
+            self._id, self._attempt, [*_encode(batch), payload], status, fields, terminal_id
+        )
 
     async def _drain(self, raise_failure: bool = True) -> None:
         if self._flushing is not None and not self._flushing.done():
@@ -109,15 +121,17 @@ class Publisher:
     async def _write(self, payloads: list[str]) -> None:
         result = await self._generations.publish(self._id, self._attempt, payloads)
         self.cancel_requested = self.cancel_requested or result.cancel_requested
+        if result.outcome == "written":
+            self.last_id = result.last_id
         if result.outcome != "written":
             raise PublishRefused(result)
 
     def close(self) -> None:
+        """Stop the timer. An in-flight write is left to finish: cancelling it after Redis applied it would
+        put its pieces back as pending, and the final write would send them twice."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._flushing is not None and not self._flushing.done():
-            self._flushing.cancel()
 
 
 def _encode(batch: list[tuple[Literal["content", "reasoning"], str]]) -> list[str]:

@@ -24,9 +24,7 @@ SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
 INTERPOLATION = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}$")
 APP_PACKAGES = ("api", "worker", "shared", "cli", "demo")
 # `FROM python:3.11-slim [AS stage]`, optionally fully qualified.
-PYTHON_BASE = re.compile(
-    r"(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)\S*(?:\s+AS\s+\S+)?", re.IGNORECASE
-)
+PYTHON_BASE = re.compile(r"(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)\S*(?:\s+AS\s+\S+)?", re.IGNORECASE)
 
 
 def _load_compose() -> dict[str, Any]:
@@ -231,9 +229,7 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
 
 def test_dockerfile_copies_everything_pip_install_needs_before_installing() -> None:
     instructions = _dockerfile_instructions()
-    install_at = next(
-        i for i, (keyword, args) in enumerate(instructions) if keyword == "RUN" and "pip install" in args
-    )
+    install_at = next(i for i, (keyword, args) in enumerate(instructions) if keyword == "RUN" and "pip install" in args)
     copied: set[str] = set()
     for keyword, args in instructions[:install_at]:
         if keyword in {"COPY", "ADD"}:
