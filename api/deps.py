@@ -12,19 +12,24 @@ from fastapi import Depends, Request
 
 from api.errors import ApiError
 from shared.config import Settings
+from shared.hooks import HookRegistry
 from shared.ids import is_generation_id
 from shared.redis_client import StreamsRedis
 from shared.state import Generations, GenerationState
+from shared.store.models import GenerationRecord
+from shared.store.repository import ResultStore
 
 
 @dataclass(slots=True)
 class Services:
-    """Built once per process in the app's lifespan (api.main)."""
+    """Built once per process (api.main's lifespan, or lazily by api.helper)."""
 
     settings: Settings
     streams: StreamsRedis
     generations: Generations
     queue: ArqRedis
+    store: ResultStore
+    hooks: HookRegistry
 
 
 def get_services(request: Request) -> Services:
@@ -55,12 +60,32 @@ def get_caller(request: Request, services: ServicesDep) -> str:
 CallerDep = Annotated[str, Depends(get_caller)]
 
 
-async def owned_generation(generation_id: str, services: ServicesDep, caller: CallerDep) -> GenerationState:
-    """The generation, if it exists and belongs to the caller; otherwise 404 (never reveal others' ids)."""
-    state = await services.generations.get(generation_id) if is_generation_id(generation_id) else None
-    if state is None or (state.owner and state.owner != caller):
-        raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
-    return state
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A generation the caller may see: live in Redis (`state`), or finished and only in the store."""
+
+    id: str
+    state: GenerationState | None
+    record: GenerationRecord | None
 
 
-GenerationDep = Annotated[GenerationState, Depends(owned_generation)]
+def not_found(generation_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
+
+
+async def find_generation(generation_id: str, services: ServicesDep, caller: CallerDep) -> Found:
+    """Redis while the generation is live, the durable store after; 404 for unknown or others' ids."""
+    if not is_generation_id(generation_id):
+        raise not_found(generation_id)
+    state = await services.generations.get(generation_id)
+    if state is not None:
+        if state.owner and state.owner != caller:
+            raise not_found(generation_id)
+        return Found(generation_id, state, None)
+    record = await services.store.get(generation_id)
+    if record is None or record.owner != caller:
+        raise not_found(generation_id)
+    return Found(generation_id, None, record)
+
+
+GenerationDep = Annotated[Found, Depends(find_generation)]

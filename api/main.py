@@ -16,9 +16,13 @@ from api.limits import BodySizeLimit
 from api.routes import generations, ops
 from api.schemas import GenerationCreate
 from shared.config import Settings, get_settings
+from shared.hooks import load_registry
 from shared.logging import configure_logging
 from shared.redis_client import streams_client
 from shared.state import Generations
+from shared.store.db import make_engine
+from shared.store.migrate import upgrade
+from shared.store.repository import ResultStore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,12 +38,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             default_queue_name=settings.queue_name,
             retry=0,
         )
-        app.state.services = Services(settings, streams, Generations(streams, settings), queue)
+        engine = make_engine(settings.database_url)
+        if settings.auto_migrate:
+            await upgrade(engine)
+        # The API resolves hook names too, to refuse an unknown one (422) before anything is enqueued.
+        hooks = load_registry(settings.hook_modules, settings.hooks)
+        app.state.services = Services(
+            settings, streams, Generations(streams, settings), queue, ResultStore(engine), hooks
+        )
         try:
             yield
         finally:
             await queue.aclose()
             await streams.aclose()
+            await engine.dispose()
 
     app = FastAPI(
         title="sse-relay",

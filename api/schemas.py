@@ -67,6 +67,13 @@ class GenerationError(BaseModel):
     message: str
 
 
+class HookStatus(BaseModel):
+    name: str
+    status: Literal["none", "pending", "running", "ok", "failed"]
+    attempts: int
+    error: str | None
+
+
 class GenerationView(BaseModel):
     """GET /v1/generations/{id}."""
 
@@ -82,6 +89,7 @@ class GenerationView(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    on_complete: HookStatus | None = None
 
 
 class ErrorDetail(BaseModel):

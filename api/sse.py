@@ -9,10 +9,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api.errors import ApiError
 from shared import events
 from shared.config import Settings
+from shared.errors import error_code_of
 from shared.ids import format_stream_id, parse_stream_id, previous_stream_id
 from shared.keys import GenerationKeys
 from shared.redis_client import StreamsRedis
 from shared.state import GenerationState
+from shared.store.models import GenerationRecord
 from shared.streams import Entry, first_entry_id, follow
 
 START = "0-0"
@@ -80,3 +82,30 @@ def sse_response(
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         send_timeout=settings.sse_send_timeout_s,
     )
+
+
+def stored_entries(record: GenerationRecord, resume: str | None) -> list[Entry]:
+    """A finished generation whose stream expired, as events: its text as one `content` event, then its
+    terminal event under the original id (so a client resuming from that id still gets 204)."""
+    terminal_at = parse_stream_id(record.terminal_event_id) or (0, 1)
+    content_at = previous_stream_id(terminal_at)
+    seen = parse_stream_id(resume) if resume else None
+    entries: list[Entry] = []
+    if seen is None or seen < content_at:
+        if seen is not None:
+            # The client holds part of the text; this replay sends all of it, so it must start over.
+            entries.append(
+                (format_stream_id(previous_stream_id(content_at)), events.reset(record.attempts, "replay_truncated"))
+            )
+        if record.text:
+            entries.append((format_stream_id(content_at), events.content(record.text)))
+    if record.status == "done":
+        terminal = events.done(record.text, record.finish_reason, record.usage)
+    else:
+        terminal = events.error(error_code_of(record.error_code))
+    entries.append((record.terminal_event_id, terminal))
+    return entries
+
+
+async def stored_frames(entries: list[Entry]) -> AsyncIterator[bytes]:
+    yield encode_entries(entries)

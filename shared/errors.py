@@ -41,3 +41,11 @@ RETRYABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.INTERNAL,
     }
 )
+
+
+def error_code_of(value: str | None) -> ErrorCode:
+    """A stored code back to the enum; anything unknown reads as `internal`."""
+    try:
+        return ErrorCode(value or "internal")
+    except ValueError:
+        return ErrorCode.INTERNAL

@@ -20,3 +20,8 @@ def generation_keys(prefix: str, generation_id: str) -> GenerationKeys:
 
 def worker_health_key(prefix: str) -> str:
     return f"{prefix}:worker-health"
+
+
+def idempotency_key(prefix: str, caller: str, digest: str) -> str:
+    """Scoped per caller: two callers using the same Idempotency-Key never share a generation."""
+    return f"{prefix}:idem:{caller}:{digest}"

@@ -134,6 +134,7 @@ class Generations:
         payloads: list[str],
         terminal_status: Status | None = None,
         terminal_fields: dict[str, str] | None = None,
+        terminal_id: str | None = None,
     ) -> PublishResult:
         """Append events (already JSON); with `terminal_status`, the last one ends the generation."""
         keys = self.keys(generation_id)
@@ -147,6 +148,7 @@ class Generations:
             self.settings.finished_ttl_s,
             terminal_status or "",
             json.dumps(fields) if fields else "",
+            terminal_id or "",
             *payloads,
         ]
         code, last_id, cancel = await self._publish(keys=[keys.events, keys.state], args=args)

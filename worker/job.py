@@ -1,20 +1,18 @@
-"""The generation job: claim an attempt, stream from the provider into the publisher, end with one terminal event."""
+"""The generation job: claim an attempt under a lease, stream from the provider, end with one terminal event."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-import openai
-
 from shared import events
-from shared.config import Settings
 from shared.errors import ErrorCode
-from shared.state import Generations, Status
+from shared.hooks import call
+from shared.state import GenerationState
+from worker.completion import Ending, finish, run_on_complete
+from worker.deps import Deps
+from worker.lease import held_lease
 from worker.publisher import Publisher, PublishRefused
 from worker.upstream import Outcome, UpstreamError, stream_pieces
 
@@ -24,15 +22,6 @@ log = logging.getLogger("sse_relay.worker")
 _TIMEOUT_MARGIN_S = 5.0
 
 
-@dataclass(slots=True)
-class Deps:
-    """What a job needs from its worker process (built once at start-up, see worker.main)."""
-
-    settings: Settings
-    generations: Generations
-    client: openai.AsyncOpenAI
-
-
 class CancelRequested(Exception):
     """A caller asked to cancel; raised in the job when the watcher sees the flag."""
 
@@ -40,57 +29,77 @@ class CancelRequested(Exception):
 async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, str]:
     """arq entry point. Returns a plain dict: no exception object ever reaches an arq result."""
     deps: Deps = ctx["deps"]
+    async with held_lease(deps.queue_redis, ctx["job_id"], deps.settings.job_lease_s):
+        return {"status": await _run(deps, generation_id, int(ctx.get("job_try", 1)))}
+
+
+async def _run(deps: Deps, generation_id: str, job_try: int) -> str:
     claim = await deps.generations.claim(generation_id)
-    if claim.outcome != "ok":
-        log.info("generation %s not started: %s", generation_id, claim.outcome)
-        return {"status": claim.outcome}
-    state = await deps.generations.get(generation_id)
+    if claim.outcome == "terminal":
+        # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed.
+        await run_on_complete(deps, generation_id)
+        return "terminal"
+    state = await deps.generations.get(generation_id) if claim.outcome == "ok" else None
     if state is None:
-        return {"status": "missing"}
-    runner = _Run(deps, generation_id, claim.attempt, state.request.error_context)
-    return {"status": await runner.run(state.request, claim.had_output)}
+        log.info("generation %s not started: %s", generation_id, claim.outcome)
+        return "missing"
+    attempt = Attempt(deps, state, claim.attempt)
+    if job_try > deps.settings.job_max_tries:
+        # The earlier tries died with their workers (lease lost each time): end it for good.
+        return await attempt.end(Ending("error", ErrorCode.WORKER_LOST))
+    return await attempt.run(claim.had_output)
 
 
-class _Run:
+class Attempt:
     """One attempt of one generation."""
 
-    def __init__(self, deps: Deps, generation_id: str, attempt: int, error_context: str | None) -> None:
+    def __init__(self, deps: Deps, state: GenerationState, attempt: int) -> None:
         self.deps = deps
-        self.id = generation_id
+        self.state = state
         self.attempt = attempt
-        self.context = error_context or "-"
-        self.publisher = Publisher(deps.generations, generation_id, attempt, deps.settings.coalesce_ms / 1000)
+        self.context = state.request.error_context or "-"
+        window = deps.settings.coalesce_ms / 1000
+        self.publisher = Publisher(deps.generations, state.id, attempt, window)
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.outcome = Outcome()
+        self.on_content = deps.hooks.hooks.get(state.request.on_content or "")
 
-    async def run(self, request: Any, had_output: bool) -> str:
+    async def run(self, had_output: bool) -> str:
         try:
             if had_output:
                 # An earlier attempt published text; clients must discard it before this attempt's text.
                 await self.publisher.publish(events.reset(self.attempt, "retry"))
-            await self._stream_with_watch(request)
+            await self._stream_with_watch()
         except PublishRefused as refused:
-            log.info("generation %s attempt %d stopped: %s", self.id, self.attempt, refused.result.outcome)
+            log.info("generation %s attempt %d stopped: %s", self.state.id, self.attempt, refused.result.outcome)
             return refused.result.outcome
         except CancelRequested:
-            return await self._fail(ErrorCode.CANCELLED, "cancelled by a caller", status="cancelled")
+            return await self.end(Ending("cancelled", ErrorCode.CANCELLED))
         except UpstreamError as exc:
-            return await self._fail(exc.code, exc.detail)
+            log.warning("generation %s [%s] upstream failure %s: %s", self.state.id, self.context, exc.code, exc.detail)
+            return await self.end(Ending("error", exc.code))
         except TimeoutError:
-            return await self._fail(ErrorCode.UPSTREAM_TIMEOUT, "job deadline reached")
+            return await self.end(Ending("error", ErrorCode.UPSTREAM_TIMEOUT))
         except asyncio.CancelledError:
             raise  # worker shutdown or arq timeout: arq retries, and the next attempt starts with `reset`
         except Exception as exc:
-            log.exception("generation %s [%s] failed unexpectedly: %s", self.id, self.context, type(exc).__name__)
-            return await self._fail(ErrorCode.INTERNAL, type(exc).__name__)
+            log.exception("generation %s [%s] failed: %s", self.state.id, self.context, type(exc).__name__)
+            return await self.end(Ending("error", ErrorCode.INTERNAL))
         finally:
             self.publisher.close()
-        return await self._succeed()
+        ending = Ending("done", finish_reason=self.outcome.finish_reason, usage=self.outcome.usage)
+        return await self.end(ending)
 
-    async def _stream_with_watch(self, request: Any) -> None:
+    async def end(self, ending: Ending) -> str:
+        text, reasoning = "".join(self.text), "".join(self.reasoning)
+        outcome = await finish(self.deps, self.state, self.attempt, self.publisher, text, reasoning, ending)
+        log.info("generation %s [%s] ended %s: %d chars", self.state.id, self.context, outcome, len(text))
+        return outcome
+
+    async def _stream_with_watch(self) -> None:
         deadline = max(1.0, self.deps.settings.job_timeout_s - _TIMEOUT_MARGIN_S)
-        pump = asyncio.ensure_future(self._pump(request))
+        pump = asyncio.ensure_future(self._pump())
         watch = asyncio.ensure_future(self._watch_cancel())
         try:
             async with asyncio.timeout(deadline):
@@ -103,33 +112,24 @@ class _Run:
         finished = pump if pump in done else watch
         finished.result()  # re-raises the pump's error or CancelRequested
 
-    async def _pump(self, request: Any) -> None:
-        async for piece in stream_pieces(self.deps.client, request, self.outcome):
+    async def _pump(self) -> None:
+        async for piece in stream_pieces(self.deps.client, self.state.request, self.outcome):
             (self.text if piece.kind == "content" else self.reasoning).append(piece.text)
             await self.publisher.add(piece.kind, piece.text)
             if self.publisher.cancel_requested:
                 raise CancelRequested
+            if self.on_content is not None and piece.kind == "content":
+                await self._on_content(piece.text)
+
+    async def _on_content(self, chunk: str) -> None:
+        assert self.on_content is not None
+        try:
+            await call(self.on_content, chunk)
+        except Exception as exc:  # a hook never fails the generation
+            log.warning("on_content for %s failed: %s", self.state.id, type(exc).__name__)
 
     async def _watch_cancel(self) -> None:
         # Polling covers a provider that is silent (no writes, so no cancel flag riding back on replies).
-        while not await self.deps.generations.cancel_requested(self.id):  # noqa: ASYNC110 - the flag is in Redis
+        while not await self.deps.generations.cancel_requested(self.state.id):  # noqa: ASYNC110 - flag in Redis
             await asyncio.sleep(self.deps.settings.cancel_poll_s)
         raise CancelRequested
-
-    async def _succeed(self) -> str:
-        text = "".join(self.text)
-        fields = {
-            "finish_reason": self.outcome.finish_reason or "",
-            "usage": json.dumps(self.outcome.usage) if self.outcome.usage else "",
-            "length": str(len(text)),
-            "sha256": hashlib.sha256(text.encode()).hexdigest(),
-        }
-        payload = events.done(text, self.outcome.finish_reason, self.outcome.usage)
-        result = await self.publisher.finish(payload, "done", fields)
-        log.info("generation %s [%s] done: %d chars, %s", self.id, self.context, len(text), result.outcome)
-        return "done" if result.outcome == "written" else result.outcome
-
-    async def _fail(self, code: ErrorCode, detail: str, status: Status = "error") -> str:
-        log.warning("generation %s [%s] ended with %s: %s", self.id, self.context, code.value, detail)
-        result = await self.publisher.finish(events.error(code), status, {"error_code": code.value})
-        return status if result.outcome == "written" else result.outcome

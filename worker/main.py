@@ -1,20 +1,28 @@
-"""Worker entry point (`arq worker.main.WorkerSettings`): process start-up, shutdown and arq settings."""
+"""Worker entry point (`arq worker.main.WorkerSettings`): process start-up, shutdown, periodic sweeps, settings."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any, ClassVar
 
+from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import func
 
 from shared.config import get_settings
+from shared.hooks import load_registry
 from shared.jobs import JOB_FUNCTION
 from shared.keys import worker_health_key
 from shared.logging import configure_logging
 from shared.redis_client import streams_client
 from shared.state import Generations
-from worker.job import Deps, run_generation
+from shared.store.db import make_engine
+from shared.store.migrate import upgrade
+from shared.store.repository import ResultStore
+from worker.completion import run_on_complete
+from worker.deps import Deps
+from worker.job import run_generation
 from worker.upstream import make_client
 
 log = logging.getLogger("sse_relay.worker")
@@ -22,39 +30,62 @@ _settings = get_settings()
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """One AsyncOpenAI client and one streams connection pool per worker process, made inside the loop."""
+    """One AsyncOpenAI client, one streams pool and one database engine per process, made inside the loop."""
     configure_logging(_settings)
+    engine = make_engine(_settings.database_url)
+    if _settings.auto_migrate:
+        await upgrade(engine)
     redis = streams_client(_settings)
-    ctx["streams_redis"] = redis
-    ctx["deps"] = Deps(settings=_settings, generations=Generations(redis, _settings), client=make_client(_settings))
+    ctx["deps"] = Deps(
+        settings=_settings,
+        generations=Generations(redis, _settings),
+        client=make_client(_settings),
+        store=ResultStore(engine),
+        hooks=load_registry(_settings.hook_modules, _settings.hooks),
+        queue_redis=ctx["redis"],
+    )
     log.info(
-        "worker ready: model=%s base_url=%s max_jobs=%d",
+        "worker ready: model=%s base_url=%s max_jobs=%d hooks=%d",
         _settings.ai_model_name,
         _settings.openai_base_url or "(SDK default)",
         _settings.worker_max_jobs,
+        len(ctx["deps"].hooks.hooks),
     )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     deps: Deps | None = ctx.get("deps")
-    if deps is not None:
-        await deps.client.close()
-    redis = ctx.get("streams_redis")
-    if redis is not None:
-        await redis.aclose()
+    if deps is None:
+        return
+    await deps.client.close()
+    await deps.generations.redis.aclose()
+    await deps.store.engine.dispose()
+
+
+async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    """Every few minutes: hooks still owed (a worker died mid-hook), and results past their retention."""
+    deps: Deps = ctx["deps"]
+    lease = timedelta(seconds=deps.settings.hook_timeout_s * 2)
+    due = await deps.store.hooks_due(deps.settings.hook_max_attempts, lease)
+    for generation_id in due:
+        await run_on_complete(deps, generation_id)
+    purged = await deps.store.purge(timedelta(days=deps.settings.result_retention_days))
+    return {"hooks": len(due), "purged": purged}
 
 
 class WorkerSettings:
     """arq settings, all derived from the environment (shared.config)."""
 
     functions: ClassVar[list[Any]] = [
+        # One extra arq try: the job itself ends a generation whose workers kept dying with `worker_lost`.
         func(
             run_generation,
             name=JOB_FUNCTION,
             timeout=_settings.job_timeout_s,
-            max_tries=_settings.job_max_tries,
+            max_tries=_settings.job_max_tries + 1,
         )
     ]
+    cron_jobs: ClassVar[list[Any]] = [cron(sweep, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True)]
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(_settings.redis_url)
@@ -63,7 +94,7 @@ class WorkerSettings:
     # LLM calls are I/O-bound: one process holds hundreds of concurrent generations.
     max_jobs = _settings.worker_max_jobs
     job_timeout = _settings.job_timeout_s
-    max_tries = _settings.job_max_tries
+    max_tries = _settings.job_max_tries + 1
     poll_delay = _settings.worker_poll_delay_s
     keep_result = 300
     # SIGTERM: give running generations time to finish before arq cancels and re-queues them.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -11,30 +9,23 @@ from fastapi.responses import JSONResponse
 
 from api import metrics
 from api.body import generation_create
-from api.deps import CallerDep, GenerationDep, ServicesDep
-from api.errors import ApiError
-from api.schemas import (
-    ErrorBody,
-    GenerationCreate,
-    GenerationCreated,
-    GenerationError,
-    GenerationStatus,
-    GenerationView,
-)
-from api.sse import START, frames, is_at_or_after, replay_plan, resume_point, sse_response
-from shared.errors import SAFE_MESSAGES, ErrorCode
-from shared.ids import new_generation_id
-from shared.jobs import JOB_FUNCTION, StoredRequest
+from api.deps import CallerDep, Found, GenerationDep, ServicesDep, find_generation, not_found
+from api.schemas import ErrorBody, GenerationCreate, GenerationCreated, GenerationStatus, GenerationView
+from api.service import created_response, save_cancelled, start_generation
+from api.sse import frames, is_at_or_after, replay_plan, resume_point, sse_response, stored_entries, stored_frames
+from api.views import live_view, stored_view
+from shared.jobs import StoredRequest
 from shared.messages import ChatMessage, build_messages
-from shared.state import GenerationState
 from shared.streams import fold, read_range
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
+}
 _SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "Server-Sent Events"}
 # The body is read by our own dependency (so text/plain JSON works); document it as FastAPI would.
-# api.main.openapi() adds GenerationCreate and its sub-models to the components.
+# api.main adds GenerationCreate and its sub-models to the components.
 _REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -43,21 +34,20 @@ _REQUEST_BODY = {
 }
 
 
-def _urls(generation_id: str) -> tuple[str, str]:
-    url = f"/v1/generations/{generation_id}"
-    return url, f"{url}/events"
-
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
-
-
-def _hooks_known(body: GenerationCreate) -> None:
-    # No hook registry exists yet, so every hook name is unknown: refuse before anything is enqueued.
-    for field in ("on_complete", "on_content"):
-        name = getattr(body, field)
-        if name is not None:
-            raise ApiError(422, "unknown_hook", f"{field}: no hook named {name!r} is registered on the workers.")
+def stored_request(body: GenerationCreate, default_model: str) -> StoredRequest:
+    messages: list[ChatMessage] = (
+        build_messages(body.prompt, body.system)
+        if body.prompt is not None
+        else [{"role": m.role, "content": m.content} for m in body.messages or []]
+    )
+    return StoredRequest(
+        messages=messages,
+        model=body.model or default_model,
+        provider_args=body.provider_args(),
+        on_complete=body.on_complete,
+        on_content=body.on_content,
+        error_context=body.error_context,
+    )
 
 
 @router.post(
@@ -72,35 +62,18 @@ async def create_generation(
     caller: CallerDep,
     body: Annotated[GenerationCreate, Depends(generation_create)],
     prefer: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
-    _hooks_known(body)
-    settings = services.settings
-    messages: list[ChatMessage] = (
-        build_messages(body.prompt, body.system)
-        if body.prompt is not None
-        else [{"role": m.role, "content": m.content} for m in body.messages or []]
-    )
-    request = StoredRequest(
-        messages=messages,
-        model=body.model or settings.ai_model_name,
-        provider_args=body.provider_args(),
-        on_complete=body.on_complete,
-        on_content=body.on_content,
-        error_context=body.error_context,
-    )
-    generation_id = new_generation_id()
-    await services.generations.create(generation_id, request, body.metadata or {}, caller)
-    await services.queue.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
-    metrics.GENERATIONS_CREATED.inc()
-    url, events_url = _urls(generation_id)
-    headers = {"X-Generation-Id": generation_id, "Location": url}
+    request = stored_request(body, services.settings.ai_model_name)
+    started = await start_generation(services, request, body.metadata or {}, caller, idempotency_key or None)
     background = body.background or "respond-async" in (prefer or "").lower()
-    if background:
-        created = GenerationCreated(id=generation_id, status="queued", url=url, events_url=events_url)
-        return JSONResponse(created.model_dump(), status_code=202, headers=headers)
-    keys = services.generations.keys(generation_id)
-    stream = frames(services.streams, keys, [], START, settings.sse_read_block_ms)
-    return sse_response(settings, metrics.track_stream(stream), headers)
+    if not started.new and not background:
+        return await _events_response(services, await _find(services, started.id, caller), None)
+    return created_response(started, background, services)
+
+
+async def _find(services: ServicesDep, generation_id: str, caller: str) -> Found:
+    return await find_generation(generation_id, services, caller)
 
 
 @router.get(
@@ -110,46 +83,40 @@ async def create_generation(
 )
 async def generation_events(
     services: ServicesDep,
-    state: GenerationDep,
+    found: GenerationDep,
     last_event_id: Annotated[str | None, Query(max_length=64)] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
-    resume = resume_point(last_event_id_header, last_event_id)
-    if resume is not None and state.terminal_id is not None and is_at_or_after(resume, state.terminal_id):
+    return await _events_response(services, found, resume_point(last_event_id_header, last_event_id))
+
+
+async def _events_response(services: ServicesDep, found: Found, resume: str | None) -> Response:
+    headers = {"X-Generation-Id": found.id}
+    terminal_id = found.state.terminal_id if found.state else found.record.terminal_event_id if found.record else None
+    if resume is not None and terminal_id is not None and is_at_or_after(resume, terminal_id):
         return Response(status_code=204)  # stops EventSource from reconnecting
-    keys = services.generations.keys(state.id)
-    first, after = await replay_plan(services.streams, keys.events, state, resume)
-    stream = frames(services.streams, keys, first, after, services.settings.sse_read_block_ms)
-    return sse_response(services.settings, metrics.track_stream(stream), {"X-Generation-Id": state.id})
+    if found.state is None:
+        assert found.record is not None
+        body = stored_frames(stored_entries(found.record, resume))
+        return sse_response(services.settings, metrics.track_stream(body), headers)
+    keys = services.generations.keys(found.id)
+    first, after = await replay_plan(services.streams, keys.events, found.state, resume)
+    body = frames(services.streams, keys, first, after, services.settings.sse_read_block_ms)
+    return sse_response(services.settings, metrics.track_stream(body), headers)
 
 
 @router.get("/{generation_id}", response_model=GenerationView, responses=_ERRORS, summary="A generation's status")
-async def get_generation(services: ServicesDep, state: GenerationDep) -> GenerationView:
-    entries = await read_range(services.streams, services.generations.keys(state.id).events)
-    folded = fold(entries)
-    return _view(state, folded.text, folded.reasoning)
-
-
-def _view(state: GenerationState, text: str, reasoning: str) -> GenerationView:
-    error = None
-    if state.error_code:
-        known = {code.value for code in ErrorCode}
-        code = ErrorCode(state.error_code) if state.error_code in known else ErrorCode.INTERNAL
-        error = GenerationError(code=state.error_code, message=SAFE_MESSAGES[code])
-    return GenerationView(
-        id=state.id,
-        status=state.status,
-        model=state.model,
-        text=text,
-        reasoning=reasoning or None,
-        finish_reason=state.finish_reason,
-        usage=state.usage,
-        error=error,
-        metadata=state.metadata,
-        created_at=_iso(state.created_at) or _iso(time.time()) or "",
-        started_at=_iso(state.started_at),
-        finished_at=_iso(state.finished_at),
-    )
+async def get_generation(services: ServicesDep, found: GenerationDep) -> GenerationView:
+    state = found.state
+    if state is None or state.terminal_id is not None:
+        # Finished: the durable record is the source of truth (it also knows how on_complete went).
+        record = found.record or await services.store.get(found.id)
+        if record is not None:
+            return stored_view(record)
+    if state is None:
+        raise not_found(found.id)
+    folded = fold(await read_range(services.streams, services.generations.keys(state.id).events))
+    return live_view(state, folded.text, folded.reasoning)
 
 
 @router.post(
@@ -159,12 +126,25 @@ def _view(state: GenerationState, text: str, reasoning: str) -> GenerationView:
     responses={200: {"model": GenerationStatus}, **_ERRORS},
     summary="Cancel a generation (idempotent)",
 )
-async def cancel_generation(services: ServicesDep, state: GenerationDep) -> JSONResponse:
-    outcome, status = await services.generations.cancel(state.id)
+async def cancel_generation(services: ServicesDep, found: GenerationDep) -> JSONResponse:
+    if found.state is None:
+        assert found.record is not None
+        return _status(found.id, found.record.status, 200)
+    outcome, status = await services.generations.cancel(found.id)
     if outcome == "missing":
-        raise ApiError(404, "not_found", f"No generation with id {state.id!r}.")
+        raise not_found(found.id)
     if outcome == "finished":
-        current = await services.generations.get(state.id)
-        final = current.status if current is not None else state.status
-        return JSONResponse(GenerationStatus(id=state.id, status=final).model_dump(), status_code=200)
-    return JSONResponse(GenerationStatus(id=state.id, status=status).model_dump(), status_code=202)  # type: ignore[arg-type]
+        current = await services.generations.get(found.id)
+        return _status(found.id, current.status if current else found.state.status, 200)
+    if outcome == "cancelled":
+        await record_queued_cancel(services, found)
+    return _status(found.id, status, 202)
+
+
+async def record_queued_cancel(services: ServicesDep, found: Found) -> None:
+    """No worker will ever finish a generation cancelled while queued: the API writes its record."""
+    await save_cancelled(services, found.id)
+
+
+def _status(generation_id: str, status: str, code: int) -> JSONResponse:
+    return JSONResponse({"id": generation_id, "status": status}, status_code=code)

@@ -1,0 +1,126 @@
+"""Starting a generation and answering with it: shared by the route and by `handle_openai_stream`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Response
+from fastapi.responses import JSONResponse
+
+from api import metrics
+from api.deps import Services
+from api.errors import ApiError
+from api.schemas import GenerationCreated
+from api.sse import START, frames, sse_response
+from shared.errors import SAFE_MESSAGES, ErrorCode
+from shared.ids import new_generation_id
+from shared.jobs import JOB_FUNCTION, StoredRequest
+from shared.keys import idempotency_key
+from shared.store.repository import FinalResult
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    id: str
+    status: str
+    new: bool  # False: an Idempotency-Key attached this request to an existing generation
+
+
+def fingerprint(request: StoredRequest, metadata: dict[str, Any]) -> str:
+    canonical = json.dumps([request.model_dump(), metadata], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def check_hooks(services: Services, request: StoredRequest) -> None:
+    for field, name in (("on_complete", request.on_complete), ("on_content", request.on_content)):
+        if name is not None and name not in services.hooks:
+            raise ApiError(422, "unknown_hook", f"{field}: no hook named {name!r} is registered on the workers.")
+
+
+async def start_generation(
+    services: Services,
+    request: StoredRequest,
+    metadata: dict[str, Any],
+    caller: str,
+    idempotency: str | None = None,
+) -> Started:
+    """Write the state, claim the idempotency key if any, enqueue. Nothing is enqueued for a replayed key."""
+    check_hooks(services, request)
+    generation_id = new_generation_id()
+    await services.generations.create(generation_id, request, metadata, caller)
+    if idempotency is not None:
+        existing = await _claim_idempotency(
+            services, generation_id, caller, idempotency, fingerprint(request, metadata)
+        )
+        if existing is not None:
+            return existing
+    await services.queue.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+    metrics.GENERATIONS_CREATED.inc()
+    return Started(generation_id, "queued", new=True)
+
+
+async def _claim_idempotency(
+    services: Services, generation_id: str, caller: str, key: str, print_: str
+) -> Started | None:
+    settings = services.settings
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    redis_key = idempotency_key(settings.key_prefix, caller, digest)
+    value = f"{generation_id} {print_}"
+    if await services.streams.set(redis_key, value, nx=True, ex=settings.idempotency_ttl_s):
+        return None
+    existing = await services.streams.get(redis_key)
+    # Ours was never enqueued: drop it and attach to the first request's generation.
+    await services.streams.delete(services.generations.keys(generation_id).state)
+    if existing is None:  # the first key expired between our SET and GET: vanishingly rare, safe to retry
+        raise ApiError(409, "idempotency_conflict", "This Idempotency-Key was being reused concurrently; retry.")
+    existing_id, existing_print = str(existing).split(" ", 1)
+    if existing_print != print_:
+        raise ApiError(409, "idempotency_conflict", "This Idempotency-Key was used with a different request body.")
+    state = await services.generations.get(existing_id)
+    status = state.status if state is not None else "done"
+    return Started(existing_id, status, new=False)
+
+
+async def save_cancelled(services: Services, generation_id: str) -> None:
+    """The durable record of a generation cancelled while queued (no worker will ever write it)."""
+    state = await services.generations.get(generation_id)
+    if state is None or state.terminal_id is None:
+        return
+    moment = datetime.fromtimestamp(state.finished_at or time.time(), UTC)
+    await services.store.save(
+        FinalResult(
+            id=state.id,
+            owner=state.owner,
+            status="cancelled",
+            model=state.model,
+            text="",
+            reasoning=None,
+            finish_reason=None,
+            usage=None,
+            error_code=ErrorCode.CANCELLED.value,
+            error_message=SAFE_MESSAGES[ErrorCode.CANCELLED],
+            metadata=state.metadata,
+            terminal_event_id=state.terminal_id,
+            attempts=max(state.attempt, 1),
+            created_at=datetime.fromtimestamp(state.created_at, UTC),
+            started_at=None,
+            finished_at=moment,
+            hook_name=None,
+        )
+    )
+
+
+def created_response(started: Started, background: bool, services: Services) -> Response:
+    url = f"/v1/generations/{started.id}"
+    headers = {"X-Generation-Id": started.id, "Location": url}
+    if background:
+        created = GenerationCreated(id=started.id, status=started.status, url=url, events_url=f"{url}/events")  # type: ignore[arg-type]
+        return JSONResponse(created.model_dump(), status_code=202 if started.new else 200, headers=headers)
+    keys = services.generations.keys(started.id)
+    body = frames(services.streams, keys, [], START, services.settings.sse_read_block_ms)
+    return sse_response(services.settings, metrics.track_stream(body), headers)

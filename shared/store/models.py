@@ -1,0 +1,46 @@
+"""The `generations` table: one row per finished generation, keyed by its id."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class GenerationRecord(Base):
+    __tablename__ = "generations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), default="anonymous")
+    status: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text, default="")
+    reasoning: Mapped[str | None] = mapped_column(Text, nullable=True)
+    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # The terminal event's stream id: a replay from the store keeps it, so a client resuming from it gets 204.
+    terminal_event_id: Mapped[str] = mapped_column(String(48))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # on_complete bookkeeping: none | pending | running | ok | failed.
+    hook_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    hook_status: Mapped[str] = mapped_column(String(16), default="none")
+    hook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    hook_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    hook_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (
+        Index("ix_generations_finished_at", "finished_at"),
+        Index("ix_generations_hook_status", "hook_status"),
+    )

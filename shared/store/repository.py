@@ -1,0 +1,134 @@
+"""Reads and writes of final records: one upsert per finishing attempt, hook bookkeeping, retention."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.store.db import sessions
+from shared.store.models import GenerationRecord
+
+
+@dataclass(frozen=True, slots=True)
+class FinalResult:
+    """What the worker knows when a generation ends, written before its terminal event is published."""
+
+    id: str
+    owner: str
+    status: str
+    model: str
+    text: str
+    reasoning: str | None
+    finish_reason: str | None
+    usage: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    metadata: dict[str, Any]
+    terminal_event_id: str
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime
+    hook_name: str | None
+
+    def row(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["meta"] = values.pop("metadata")
+        values["hook_status"] = "pending" if self.hook_name and self.status == "done" else "none"
+        values["hook_attempts"] = 0
+        return values
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class ResultStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = sessions(engine)
+
+    async def save(self, result: FinalResult) -> bool:
+        """Insert, or replace a record left by an older attempt; never overwrite a newer attempt's record.
+
+        A stale attempt (its lease lost) may get here after the attempt that replaced it: the `attempts`
+        guard keeps the row consistent with the terminal event that is actually published.
+        """
+        # Core insert: keyed by column name ("metadata"), not attribute name ("meta").
+        columns = {attr.key: attr.columns[0].name for attr in GenerationRecord.__mapper__.column_attrs}
+        values = {columns[key]: value for key, value in result.row().items()}
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(cast(Table, GenerationRecord.__table__)).values(**values)
+        updates = {key: statement.excluded[key] for key in values if key != "id"}
+        statement = statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_=updates,
+            where=GenerationRecord.attempts < statement.excluded.attempts,
+        )
+        async with self._sessions.begin() as session:
+            outcome = await session.execute(statement)
+        return bool(getattr(outcome, "rowcount", 0))
+
+    async def get(self, generation_id: str) -> GenerationRecord | None:
+        async with self._sessions() as session:
+            return await session.get(GenerationRecord, generation_id)
+
+    async def claim_hook(self, generation_id: str, max_attempts: int, lease: timedelta) -> int | None:
+        """Take the right to run on_complete now; -> the attempt number, or None if it is done or taken.
+
+        `running` older than the lease counts as abandoned (its worker died mid-hook).
+        """
+        now = utcnow()
+        runnable = GenerationRecord.hook_status.in_(("pending", "failed")) | (
+            (GenerationRecord.hook_status == "running") & (GenerationRecord.hook_started_at < now - lease)
+        )
+        statement = (
+            update(GenerationRecord)
+            .where(GenerationRecord.id == generation_id)
+            .where(GenerationRecord.hook_attempts < max_attempts)
+            .where(runnable)
+            .values(hook_status="running", hook_attempts=GenerationRecord.hook_attempts + 1, hook_started_at=now)
+            .returning(GenerationRecord.hook_attempts)
+        )
+        async with self._sessions.begin() as session:
+            attempt = (await session.execute(statement)).scalar_one_or_none()
+        return int(attempt) if attempt is not None else None
+
+    async def finish_hook(self, generation_id: str, ok: bool, error: str | None = None) -> None:
+        values: dict[str, Any] = {"hook_status": "ok" if ok else "failed", "hook_error": error}
+        async with self._sessions.begin() as session:
+            await session.execute(update(GenerationRecord).where(GenerationRecord.id == generation_id).values(**values))
+
+    async def hooks_due(self, max_attempts: int, lease: timedelta, limit: int = 100) -> list[str]:
+        """Generations whose on_complete still has to run (for the worker's periodic sweep)."""
+        now = utcnow()
+        statement = (
+            select(GenerationRecord.id)
+            .where(GenerationRecord.hook_attempts < max_attempts)
+            .where(
+                GenerationRecord.hook_status.in_(("pending", "failed"))
+                | ((GenerationRecord.hook_status == "running") & (GenerationRecord.hook_started_at < now - lease))
+            )
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list((await session.execute(statement)).scalars())
+
+    async def purge(self, older_than: timedelta) -> int:
+        statement = delete(GenerationRecord).where(GenerationRecord.finished_at < utcnow() - older_than)
+        async with self._sessions.begin() as session:
+            outcome = await session.execute(statement)
+        return int(getattr(outcome, "rowcount", 0) or 0)

@@ -1,0 +1,23 @@
+"""What a job needs from its worker process, built once at start-up (worker.main)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import openai
+from redis.asyncio import Redis
+
+from shared.config import Settings
+from shared.hooks import HookRegistry
+from shared.state import Generations
+from shared.store.repository import ResultStore
+
+
+@dataclass(slots=True)
+class Deps:
+    settings: Settings
+    generations: Generations
+    client: openai.AsyncOpenAI
+    store: ResultStore
+    hooks: HookRegistry
+    queue_redis: Redis
