@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,6 +34,14 @@ class GenerationInfo:
     created_at: datetime
     finished_at: datetime
     attempt: int
+
+
+@overload
+def hook(name: F) -> F: ...
+
+
+@overload
+def hook(name: str | None = None) -> Callable[[F], F]: ...
 
 
 def hook(name: str | Callable[..., Any] | None = None) -> Any:

@@ -136,6 +136,8 @@ def stack_env(redis_url: str, upstream_url: str, **overrides: str) -> dict[str, 
         SSE_READ_BLOCK_MS="1000",
         SSE_RELAY_KEY_PREFIX=prefix,
         SSE_RELAY_QUEUE_NAME=f"{prefix}:queue",
+        HOOK_MAX_ATTEMPTS="2",
+        JOB_LEASE_S="1",
         PYTHONUNBUFFERED="1",
     )
     env.update(overrides)
@@ -145,9 +147,11 @@ def stack_env(redis_url: str, upstream_url: str, **overrides: str) -> dict[str, 
 @contextmanager
 def running_stack(redis_url: str, logdir: Path, **overrides: str) -> Iterator[Stack]:
     upstream_url = f"http://127.0.0.1:{free_port()}"
-    stack = Stack(
-        stack_env(redis_url, upstream_url, **overrides), f"http://127.0.0.1:{free_port()}", upstream_url, logdir
-    )
+    overrides.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{logdir / 'results.db'}")
+    overrides.setdefault("SSE_RELAY_HOOK_MODULES", "tests.support.hooks,examples.story_hooks")
+    overrides.setdefault("SSE_RELAY_TEST_HOOK_DIR", str(logdir))
+    env = stack_env(redis_url, upstream_url, **overrides)
+    stack = Stack(env, f"http://127.0.0.1:{free_port()}", upstream_url, logdir)
     try:
         stack.start_upstream()
         stack.start_worker()

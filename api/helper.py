@@ -1,0 +1,122 @@
+"""The seed's helper in Python: `handle_openai_stream(messages, ...)` returns the SSE response from any route.
+
+Like the seed's `handleOpenAIStream`, it is called without `await` and returns a response at once; the
+generation is created and enqueued when the response is served, then streamed through Redis like any other
+(so it survives reconnects, and `on_complete` runs on the worker exactly once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from arq.connections import RedisSettings, create_pool
+from fastapi import Response
+from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
+
+from api.deps import ANONYMOUS, Services
+from api.errors import ApiError, error_response
+from api.service import created_response, start_generation
+from shared.config import Settings, get_settings
+from shared.hooks import UnknownHook, load_registry
+from shared.jobs import StoredRequest
+from shared.messages import ChatMessage, build_messages
+from shared.redis_client import streams_client
+from shared.state import Generations
+from shared.store.db import make_engine
+from shared.store.repository import ResultStore
+
+__all__ = ["build_messages", "handle_openai_stream"]
+
+Hook = str | Callable[..., Any] | None
+_SERVICES: dict[asyncio.AbstractEventLoop, Services] = {}
+
+
+async def relay_services(settings: Settings | None = None) -> Services:
+    """One set of connections per event loop, made on first use (the seed's singleton client)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _SERVICES:
+        settings = settings or get_settings()
+        streams = streams_client(settings)
+        queue = await create_pool(
+            RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name, retry=0
+        )
+        _SERVICES[loop] = Services(
+            settings,
+            streams,
+            Generations(streams, settings),
+            queue,
+            ResultStore(make_engine(settings.database_url)),
+            load_registry(settings.hook_modules, settings.hooks),
+        )
+    return _SERVICES[loop]
+
+
+class _RelayResponse(Response):
+    """An ASGI response that starts the generation when served, then answers like POST /v1/generations."""
+
+    def __init__(self, request: dict[str, Any], metadata: dict[str, Any], owner: str, background: bool) -> None:
+        super().__init__()
+        self._request = request
+        self._metadata = metadata
+        self._owner = owner
+        self._background = background
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            services = await relay_services()
+            request = self._stored_request(services)
+            started = await start_generation(services, request, self._metadata, self._owner)
+            response: Response = created_response(started, self._background, services)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.code, exc.message)
+        except (RedisError, OSError):
+            response = error_response(
+                503, "redis_unavailable", "The service's Redis is unreachable; try again shortly."
+            )
+        await response(scope, receive, send)
+
+    def _stored_request(self, services: Services) -> StoredRequest:
+        fields = dict(self._request)
+        for name in ("on_complete", "on_content"):
+            hook = fields[name]
+            if hook is not None:
+                try:
+                    fields[name] = services.hooks.name_of(hook)
+                except UnknownHook as exc:
+                    raise ApiError(422, "unknown_hook", f"{name}: {exc}") from None
+        fields["model"] = fields["model"] or services.settings.ai_model_name
+        return StoredRequest(**fields)
+
+
+def handle_openai_stream(
+    messages: Sequence[ChatMessage] | Sequence[Mapping[str, str]],
+    *,
+    model: str | None = None,
+    temperature: float | None = None,
+    error_context: str | None = None,
+    on_content: Hook = None,
+    on_complete: Hook = None,
+    background: bool = False,
+    metadata: dict[str, Any] | None = None,
+    owner: str = ANONYMOUS,
+    **provider_args: Any,
+) -> Response:
+    """Stream a chat completion to the caller as SSE (or start it in the background: 202 with its id).
+
+    `on_content(chunk)` / `on_complete(text, generation)` run on the worker: pass a function decorated with
+    `shared.hooks.hook` in a module listed in SSE_RELAY_HOOK_MODULES, or its registered name.
+    """
+    if temperature is not None:
+        provider_args["temperature"] = temperature
+    request = {
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "model": model,
+        "provider_args": provider_args,
+        "on_complete": on_complete,
+        "on_content": on_content,
+        "error_context": error_context,
+    }
+    return _RelayResponse(request, metadata or {}, owner, background)
