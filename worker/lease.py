@@ -15,6 +15,8 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.tasks import cancel_and_wait
+
 log = logging.getLogger("sse_relay.worker")
 
 
@@ -35,6 +37,4 @@ async def held_lease(redis: Redis, job_id: str, lease_s: float) -> AsyncIterator
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
