@@ -10,6 +10,7 @@ from typing import Annotated
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
+from api.enqueue import Enqueuer
 from api.errors import ApiError
 from shared.config import Settings
 from shared.hooks import HookRegistry
@@ -30,6 +31,7 @@ class Services:
     queue: ArqRedis
     store: ResultStore
     hooks: HookRegistry
+    enqueuer: Enqueuer
 
 
 def get_services(request: Request) -> Services:

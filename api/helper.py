@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from arq.connections import RedisSettings, create_pool
 from fastapi import Response
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
@@ -19,14 +18,11 @@ from starlette.types import Receive, Scope, Send
 from api.deps import ANONYMOUS, Services
 from api.errors import ApiError, error_response
 from api.service import created_response, start_generation
+from api.wiring import open_services
 from shared.config import Settings, get_settings
-from shared.hooks import UnknownHook, load_registry
+from shared.hooks import UnknownHook
 from shared.jobs import StoredRequest
 from shared.messages import ChatMessage, build_messages
-from shared.redis_client import streams_client
-from shared.state import Generations
-from shared.store.db import make_engine
-from shared.store.repository import ResultStore
 
 __all__ = ["build_messages", "handle_openai_stream"]
 
@@ -38,19 +34,7 @@ async def relay_services(settings: Settings | None = None) -> Services:
     """One set of connections per event loop, made on first use (the seed's singleton client)."""
     loop = asyncio.get_running_loop()
     if loop not in _SERVICES:
-        settings = settings or get_settings()
-        streams = streams_client(settings)
-        queue = await create_pool(
-            RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name, retry=0
-        )
-        _SERVICES[loop] = Services(
-            settings,
-            streams,
-            Generations(streams, settings),
-            queue,
-            ResultStore(make_engine(settings.database_url)),
-            load_registry(settings.hook_modules, settings.hooks),
-        )
+        _SERVICES[loop] = await open_services(settings or get_settings(), migrate=False)
     return _SERVICES[loop]
 
 

@@ -6,23 +6,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from arq.connections import RedisSettings, create_pool
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
-from api.deps import Services
 from api.limits import BodySizeLimit
 from api.routes import generations, ops
 from api.schemas import GenerationCreate
+from api.wiring import close_services, open_services
 from shared.config import Settings, get_settings
-from shared.hooks import load_registry
 from shared.logging import configure_logging
-from shared.redis_client import streams_client
-from shared.state import Generations
-from shared.store.db import make_engine
-from shared.store.migrate import upgrade
-from shared.store.repository import ResultStore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,27 +24,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
-        streams = streams_client(settings)
-        # arq's pool retries its first connection; a Redis that is down must not stop the API from starting.
-        queue = await create_pool(
-            RedisSettings.from_dsn(settings.redis_url),
-            default_queue_name=settings.queue_name,
-            retry=0,
-        )
-        engine = make_engine(settings.database_url)
-        if settings.auto_migrate:
-            await upgrade(engine)
-        # The API resolves hook names too, to refuse an unknown one (422) before anything is enqueued.
-        hooks = load_registry(settings.hook_modules, settings.hooks)
-        app.state.services = Services(
-            settings, streams, Generations(streams, settings), queue, ResultStore(engine), hooks
-        )
+        app.state.services = await open_services(settings)
         try:
             yield
         finally:
-            await queue.aclose()
-            await streams.aclose()
-            await engine.dispose()
+            await close_services(app.state.services)
 
     app = FastAPI(
         title="sse-relay",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -19,7 +20,7 @@ from api.schemas import GenerationCreated
 from api.sse import START, frames, sse_response
 from shared.errors import SAFE_MESSAGES, ErrorCode
 from shared.ids import new_generation_id
-from shared.jobs import JOB_FUNCTION, StoredRequest
+from shared.jobs import StoredRequest
 from shared.keys import idempotency_key
 from shared.store.repository import FinalResult
 
@@ -49,17 +50,16 @@ async def start_generation(
     caller: str,
     idempotency: str | None = None,
 ) -> Started:
-    """Write the state, claim the idempotency key if any, enqueue. Nothing is enqueued for a replayed key."""
+    """Claim the idempotency key if any, then create and enqueue. A replayed key enqueues nothing."""
     check_hooks(services, request)
     generation_id = new_generation_id()
-    await services.generations.create(generation_id, request, metadata, caller)
     if idempotency is not None:
         existing = await _claim_idempotency(
             services, generation_id, caller, idempotency, fingerprint(request, metadata)
         )
         if existing is not None:
             return existing
-    await services.queue.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+    await services.enqueuer.submit(generation_id, request, metadata, caller)
     metrics.GENERATIONS_CREATED.inc()
     return Started(generation_id, "queued", new=True)
 
@@ -67,23 +67,32 @@ async def start_generation(
 async def _claim_idempotency(
     services: Services, generation_id: str, caller: str, key: str, print_: str
 ) -> Started | None:
+    """SET NX of key -> our new id; if another request holds the key, its generation (same body) instead."""
     settings = services.settings
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    redis_key = idempotency_key(settings.key_prefix, caller, digest)
+    redis_key = idempotency_key(settings.key_prefix, caller, hashlib.sha256(key.encode()).hexdigest())
     value = f"{generation_id} {print_}"
     if await services.streams.set(redis_key, value, nx=True, ex=settings.idempotency_ttl_s):
         return None
     existing = await services.streams.get(redis_key)
-    # Ours was never enqueued: drop it and attach to the first request's generation.
-    await services.streams.delete(services.generations.keys(generation_id).state)
     if existing is None:  # the first key expired between our SET and GET: vanishingly rare, safe to retry
         raise ApiError(409, "idempotency_conflict", "This Idempotency-Key was being reused concurrently; retry.")
     existing_id, existing_print = str(existing).split(" ", 1)
     if existing_print != print_:
         raise ApiError(409, "idempotency_conflict", "This Idempotency-Key was used with a different request body.")
-    state = await services.generations.get(existing_id)
-    status = state.status if state is not None else "done"
-    return Started(existing_id, status, new=False)
+    return Started(existing_id, await _status_when_created(services, existing_id), new=False)
+
+
+async def _status_when_created(services: Services, generation_id: str) -> str:
+    """The first request may still be between claiming the key and creating the generation: wait briefly."""
+    for _ in range(100):
+        state = await services.generations.get(generation_id)
+        if state is not None:
+            return state.status
+        record = await services.store.get(generation_id)
+        if record is not None:
+            return record.status
+        await asyncio.sleep(0.02)
+    raise ApiError(409, "idempotency_conflict", "The request holding this Idempotency-Key did not start; retry.")
 
 
 async def save_cancelled(services: Services, generation_id: str) -> None:

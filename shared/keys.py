@@ -25,3 +25,8 @@ def worker_health_key(prefix: str) -> str:
 def idempotency_key(prefix: str, caller: str, digest: str) -> str:
     """Scoped per caller: two callers using the same Idempotency-Key never share a generation."""
     return f"{prefix}:idem:{caller}:{digest}"
+
+
+def wake_key(prefix: str) -> str:
+    """A list workers block on (BLPOP): one push per enqueued job wakes one idle worker at once."""
+    return f"{prefix}:wake"

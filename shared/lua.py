@@ -37,7 +37,8 @@ end
 return {1, id, cancel}
 """
 
-# A worker starts an attempt. Returns {outcome, attempt, had_output}:
+# A worker starts an attempt. Returns {outcome, attempt, had_output, field, value, ...} (the state hash after
+# the claim, so the job needs no second round trip):
 # 'missing' (state expired), 'terminal' (already finished, e.g. cancelled while queued), 'ok'.
 # ARGV: now.
 CLAIM = """
@@ -47,7 +48,9 @@ if st[2] then return {'terminal', tonumber(st[3]) or 0, 0} end
 local attempt = (tonumber(st[3]) or 0) + 1
 redis.call('HSET', KEYS[2], 'attempt', attempt, 'status', 'running')
 if not st[4] then redis.call('HSET', KEYS[2], 'started_at', ARGV[1]) end
-return {'ok', attempt, redis.call('XLEN', KEYS[1])}
+local result = {'ok', attempt, redis.call('XLEN', KEYS[1])}
+for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(result, v) end
+return result
 """
 
 # A caller cancels. Queued: the terminal event is written here, so the provider is never called.
@@ -68,4 +71,30 @@ if st[1] == 'queued' then
 end
 redis.call('HSET', KEYS[2], 'cancel', '1')
 return {'cancelling', st[1]}
+"""
+
+# Create a generation and enqueue its arq job in one round trip (queue and streams on the same Redis).
+# KEYS: state hash, arq job key, arq result key, arq queue (zset), wake list.
+# ARGV: live_ttl, job_ttl_ms, serialized job, score, job id, wake_max, then state field/value pairs.
+# Returns 1, or 0 if a job with that id exists (nothing written). Mirrors arq's enqueue_job.
+CREATE_AND_ENQUEUE = """
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return 0 end
+local fields = {}
+for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('PSETEX', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+redis.call('LPUSH', KEYS[5], '1')
+redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[6]) - 1)
+redis.call('EXPIRE', KEYS[5], 60)
+return 1
+"""
+
+# Wake one worker after a job was enqueued separately (queue and streams on different servers).
+WAKE = """
+redis.call('LPUSH', KEYS[1], '1')
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+redis.call('EXPIRE', KEYS[1], 60)
+return 1
 """

@@ -33,6 +33,7 @@ class Claim:
     outcome: Literal["ok", "terminal", "missing"]
     attempt: int
     had_output: bool
+    state: GenerationState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +97,8 @@ class Generations:
     def keys(self, generation_id: str) -> GenerationKeys:
         return generation_keys(self.settings.key_prefix, generation_id)
 
-    async def create(self, generation_id: str, request: StoredRequest, metadata: dict[str, Any], owner: str) -> None:
-        keys = self.keys(generation_id)
-        fields = {
+    def state_fields(self, request: StoredRequest, metadata: dict[str, Any], owner: str) -> dict[str, str]:
+        return {
             "status": "queued",
             "model": request.model,
             "request": request.model_dump_json(),
@@ -107,6 +107,10 @@ class Generations:
             "attempt": "0",
             "created_at": repr(time.time()),
         }
+
+    async def create(self, generation_id: str, request: StoredRequest, metadata: dict[str, Any], owner: str) -> None:
+        keys = self.keys(generation_id)
+        fields = self.state_fields(request, metadata, owner)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.state, mapping=fields)
             pipe.expire(keys.state, self.settings.live_ttl_s)
@@ -124,8 +128,10 @@ class Generations:
 
     async def claim(self, generation_id: str) -> Claim:
         keys = self.keys(generation_id)
-        outcome, attempt, xlen = await self._claim(keys=[keys.events, keys.state], args=[repr(time.time())])
-        return Claim(outcome=outcome, attempt=int(attempt), had_output=int(xlen) > 0)
+        outcome, attempt, xlen, *flat = await self._claim(keys=[keys.events, keys.state], args=[repr(time.time())])
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        state = GenerationState.from_hash(generation_id, raw) if outcome == "ok" and "request" in raw else None
+        return Claim(outcome=outcome, attempt=int(attempt), had_output=int(xlen) > 0, state=state)
 
     async def publish(
         self,

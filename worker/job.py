@@ -10,6 +10,7 @@ from shared import events
 from shared.errors import ErrorCode
 from shared.hooks import call
 from shared.state import GenerationState
+from shared.tasks import cancel_and_wait
 from worker.completion import Ending, finish, run_on_complete
 from worker.deps import Deps
 from worker.lease import held_lease
@@ -39,7 +40,7 @@ async def _run(deps: Deps, generation_id: str, job_try: int) -> str:
         # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed.
         await run_on_complete(deps, generation_id)
         return "terminal"
-    state = await deps.generations.get(generation_id) if claim.outcome == "ok" else None
+    state = claim.state
     if state is None:
         log.info("generation %s not started: %s", generation_id, claim.outcome)
         return "missing"
@@ -105,12 +106,10 @@ class Attempt:
             async with asyncio.timeout(deadline):
                 done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (pump, watch):
-                task.cancel()
             # Cancelling `pump` closes the upstream response (the stream is used with `async with`).
-            await asyncio.gather(pump, watch, return_exceptions=True)
+            await cancel_and_wait(pump, watch)
         finished = pump if pump in done else watch
-        finished.result()  # re-raises the pump's error or CancelRequested
+        finished.result()  # a finished task keeps its outcome: re-raises the pump's error or CancelRequested
 
     async def _pump(self) -> None:
         async for piece in stream_pieces(self.deps.client, self.state.request, self.outcome):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -9,21 +10,26 @@ from typing import Any, ClassVar
 from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import func
+from redis.asyncio import Redis
 
 from shared.config import get_settings
 from shared.hooks import load_registry
 from shared.jobs import JOB_FUNCTION
-from shared.keys import worker_health_key
+from shared.keys import wake_key, worker_health_key
 from shared.logging import configure_logging
 from shared.redis_client import streams_client
 from shared.state import Generations
 from shared.store.db import make_engine
 from shared.store.migrate import upgrade
 from shared.store.repository import ResultStore
+from shared.tasks import cancel_and_wait
+from worker import wakeup
 from worker.completion import run_on_complete
 from worker.deps import Deps
 from worker.job import run_generation
 from worker.upstream import make_client
+
+wakeup.install()
 
 log = logging.getLogger("sse_relay.worker")
 _settings = get_settings()
@@ -36,6 +42,10 @@ async def startup(ctx: dict[str, Any]) -> None:
     if _settings.auto_migrate:
         await upgrade(engine)
     redis = streams_client(_settings)
+    # Its own connection: BLPOP holds it for seconds at a time.
+    wake_redis = Redis.from_url(_settings.redis_url, socket_timeout=None)
+    ctx["wake_redis"] = wake_redis
+    ctx["wake_task"] = asyncio.ensure_future(wakeup.listen(wake_redis, wake_key(_settings.key_prefix)))
     ctx["deps"] = Deps(
         settings=_settings,
         generations=Generations(redis, _settings),
@@ -54,6 +64,10 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    task = ctx.get("wake_task")
+    if task is not None:
+        await cancel_and_wait(task)
+        await ctx["wake_redis"].aclose()
     deps: Deps | None = ctx.get("deps")
     if deps is None:
         return

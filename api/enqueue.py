@@ -1,0 +1,51 @@
+"""Creating a generation and enqueueing its arq job: one round trip when queue and streams share a Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+
+from shared import lua
+from shared.jobs import JOB_FUNCTION, StoredRequest
+from shared.keys import wake_key
+from shared.state import Generations
+
+# The wake list never needs more entries than workers that could usefully wake at once.
+_WAKE_MAX = 64
+
+
+class Enqueuer:
+    """The producer side of the queue; the job's layout is arq's own (arq.jobs.serialize_job)."""
+
+    def __init__(self, generations: Generations, queue: ArqRedis, same_server: bool) -> None:
+        self.generations = generations
+        self.queue = queue
+        self.same_server = same_server
+        self._combined = queue.register_script(lua.CREATE_AND_ENQUEUE)
+        self._wake = queue.register_script(lua.WAKE)
+
+    async def submit(self, generation_id: str, request: StoredRequest, metadata: dict[str, Any], owner: str) -> None:
+        settings = self.generations.settings
+        now_ms = int(time.time() * 1000)
+        job = serialize_job(JOB_FUNCTION, (generation_id,), {}, None, now_ms)
+        if not self.same_server:
+            await self.generations.create(generation_id, request, metadata, owner)
+            await self.queue.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+            await self._wake(keys=[wake_key(settings.key_prefix)], args=[_WAKE_MAX])
+            return
+        fields = self.generations.state_fields(request, metadata, owner)
+        keys = [
+            self.generations.keys(generation_id).state,
+            job_key_prefix + generation_id,
+            result_key_prefix + generation_id,
+            settings.queue_name,
+            wake_key(settings.key_prefix),
+        ]
+        args: list[Any] = [settings.live_ttl_s, self.queue.expires_extra_ms, job, now_ms, generation_id, _WAKE_MAX]
+        for name, value in fields.items():
+            args += [name, value]
+        await self._combined(keys=keys, args=args)

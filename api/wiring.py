@@ -1,0 +1,43 @@
+"""Building and closing an API process's connections (used by the app's lifespan and by api.helper)."""
+
+from __future__ import annotations
+
+from arq.connections import RedisSettings, create_pool
+
+from api.deps import Services
+from api.enqueue import Enqueuer
+from shared.config import Settings
+from shared.hooks import load_registry
+from shared.redis_client import streams_client
+from shared.state import Generations
+from shared.store.db import make_engine
+from shared.store.migrate import upgrade
+from shared.store.repository import ResultStore
+
+
+async def open_services(settings: Settings, migrate: bool | None = None) -> Services:
+    streams = streams_client(settings)
+    # retry=0: a Redis that is down must not stop the API from starting (/readyz reports it).
+    queue = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name, retry=0
+    )
+    engine = make_engine(settings.database_url)
+    if settings.auto_migrate if migrate is None else migrate:
+        await upgrade(engine)
+    generations = Generations(streams, settings)
+    return Services(
+        settings=settings,
+        streams=streams,
+        generations=generations,
+        queue=queue,
+        store=ResultStore(engine),
+        # The API resolves hook names too, to refuse an unknown one (422) before anything is enqueued.
+        hooks=load_registry(settings.hook_modules, settings.hooks),
+        enqueuer=Enqueuer(generations, queue, same_server=settings.streams_url == settings.redis_url),
+    )
+
+
+async def close_services(services: Services) -> None:
+    await services.queue.aclose()
+    await services.streams.aclose()
+    await services.store.engine.dispose()

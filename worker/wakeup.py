@@ -1,0 +1,61 @@
+"""Job pick-up without the polling delay: workers block on a wake list, arq's polling stays as the fallback.
+
+arq polls its queue every `poll_delay` (0.5 s): a job waits 250 ms on average before it starts. The API pushes
+to a wake list after each enqueue; one idle worker's BLPOP returns at once and ends its poll sleep early.
+A lost wake-up costs one poll interval, never a job. arq builds its Worker itself from the settings class, so
+the seam is its `poll` generator, replaced by one whose sleep an event can cut short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
+
+import arq.worker
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("sse_relay.worker")
+_events: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+
+
+def _event() -> asyncio.Event:
+    loop = asyncio.get_running_loop()
+    if loop not in _events:
+        _events[loop] = asyncio.Event()
+    return _events[loop]
+
+
+async def wakeable_poll(step: float = 0.5) -> AsyncGenerator[float, None]:
+    """arq.utils.poll, except that a wake-up ends the sleep early."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    event = _event()
+    while True:
+        before = loop.time()
+        yield before - start
+        event.clear()
+        remaining = step - (loop.time() - before)
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
+
+
+def install() -> None:
+    arq.worker.poll = wakeable_poll  # type: ignore[attr-defined]
+
+
+async def listen(redis: Redis, key: str, block_s: int = 5) -> None:
+    """Runs for the worker's lifetime on its own connection (BLPOP holds it)."""
+    event = _event()
+    while True:
+        try:
+            if await redis.blpop([key], timeout=block_s):  # type: ignore[misc]
+                event.set()
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as exc:
+            log.warning("wake-up listener: %s; retrying", type(exc).__name__)
+            await asyncio.sleep(1.0)
