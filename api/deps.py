@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from api.enqueue import Enqueuer
 from api.errors import ApiError
+from api.stream_hub import StreamHub
 from shared.config import Settings
 from shared.hooks import HookRegistry
 from shared.ids import is_generation_id
@@ -32,6 +33,7 @@ class Services:
     store: ResultStore
     hooks: HookRegistry
     enqueuer: Enqueuer
+    hub: StreamHub | None = None  # None on a Redis Cluster: each client then reads its own stream
 
 
 def get_services(request: Request) -> Services:

@@ -131,5 +131,5 @@ def created_response(started: Started, background: bool, services: Services) -> 
         created = GenerationCreated(id=started.id, status=started.status, url=url, events_url=f"{url}/events")  # type: ignore[arg-type]
         return JSONResponse(created.model_dump(), status_code=202 if started.new else 200, headers=headers)
     keys = services.generations.keys(started.id)
-    body = frames(services.streams, keys, [], START, services.settings.sse_read_block_ms)
+    body = frames(services.streams, keys, [], START, services.settings.sse_read_block_ms, services.hub)
     return sse_response(services.settings, metrics.track_stream(body), headers)

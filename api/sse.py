@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.errors import ApiError
+from api.stream_hub import StreamHub
 from shared import events
 from shared.config import Settings
 from shared.errors import error_code_of
@@ -63,11 +64,12 @@ def encode_entries(entries: list[Entry]) -> bytes:
 
 
 async def frames(
-    redis: StreamsRedis, keys: GenerationKeys, first: list[Entry], after: str, block_ms: int
+    redis: StreamsRedis, keys: GenerationKeys, first: list[Entry], after: str, block_ms: int, hub: StreamHub | None
 ) -> AsyncIterator[bytes]:
     if first:
         yield encode_entries(first)
-    async for batch in follow(redis, keys.events, keys.state, after, block_ms):
+    batches = hub.follow(keys, after) if hub is not None else follow(redis, keys.events, keys.state, after, block_ms)
+    async for batch in batches:
         yield encode_entries(batch)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from arq.connections import RedisSettings, create_pool
+from redis.asyncio import Redis
 
 from api.deps import Services
 from api.enqueue import Enqueuer
+from api.stream_hub import StreamHub
 from shared.config import Settings
 from shared.hooks import load_registry
 from shared.redis_client import streams_client
@@ -25,6 +27,10 @@ async def open_services(settings: Settings, migrate: bool | None = None) -> Serv
     if settings.auto_migrate if migrate is None else migrate:
         await upgrade(engine)
     generations = Generations(streams, settings)
+    hub = None
+    if isinstance(streams, Redis):
+        hub = StreamHub(settings, streams, settings.reader_shards)
+        hub.start()
     return Services(
         settings=settings,
         streams=streams,
@@ -34,10 +40,13 @@ async def open_services(settings: Settings, migrate: bool | None = None) -> Serv
         # The API resolves hook names too, to refuse an unknown one (422) before anything is enqueued.
         hooks=load_registry(settings.hook_modules, settings.hooks),
         enqueuer=Enqueuer(generations, queue, same_server=settings.streams_url == settings.redis_url),
+        hub=hub,
     )
 
 
 async def close_services(services: Services) -> None:
+    if services.hub is not None:
+        await services.hub.stop()
     await services.queue.aclose()
     await services.streams.aclose()
     await services.store.engine.dispose()

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     sse_ping_s: float = Field(default=15.0, gt=0, validation_alias="SSE_PING_S")
     sse_send_timeout_s: float = Field(default=30.0, gt=0, validation_alias="SSE_SEND_TIMEOUT_S")
     sse_read_block_ms: int = Field(default=5_000, ge=100, validation_alias="SSE_READ_BLOCK_MS")
+    # Reader tasks (one Redis connection each) per API process; XREAD's cost grows with its key count.
+    reader_shards: int = Field(default=2, ge=1, le=64, validation_alias="READER_SHARDS")
 
     # Streams.
     stream_maxlen: int = Field(default=100_000, ge=100, validation_alias="STREAM_MAXLEN")

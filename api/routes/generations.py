@@ -101,7 +101,7 @@ async def _events_response(services: ServicesDep, found: Found, resume: str | No
         return sse_response(services.settings, metrics.track_stream(body), headers)
     keys = services.generations.keys(found.id)
     first, after = await replay_plan(services.streams, keys.events, found.state, resume)
-    body = frames(services.streams, keys, first, after, services.settings.sse_read_block_ms)
+    body = frames(services.streams, keys, first, after, services.settings.sse_read_block_ms, services.hub)
     return sse_response(services.settings, metrics.track_stream(body), headers)
 
 

@@ -204,7 +204,7 @@ async def test_frames_send_synthetic_entries_then_the_stream_until_terminal(
     done = await generations.publish(generation_id, state.attempt, [events.error(ErrorCode.INTERNAL)], "error")
     keys = generations.keys(generation_id)
     synthetic, after = await replay_plan(redis, keys.events, state, None)
-    body = b"".join([chunk async for chunk in frames(redis, keys, synthetic, after, 100)])
+    body = b"".join([chunk async for chunk in frames(redis, keys, synthetic, after, 100, None)])
     sent_ids = [line.removeprefix(b"id: ").decode() for line in body.split(b"\n") if line.startswith(b"id: ")]
     assert sent_ids == [after, ids[2], ids[3], ids[4], done.last_id]
     sent = [json.loads(line.removeprefix(b"data: ")) for line in body.split(b"\n") if line.startswith(b"data: ")]

@@ -1,0 +1,181 @@
+"""Per-process stream reader: one blocking XREAD per shard over every followed generation, fanned out in memory.
+
+One XREAD per SSE client would hold one Redis connection per client. Here a shard's reader task holds one
+connection and reads all its keys at once; subscribers get batches through in-process queues. A subscriber
+joining a key wakes the reader (CLIENT UNBLOCK) so its key is read at once.
+
+Hand-over without gap or duplicate: a subscriber registers and notes the key's read position K in the same
+step (no await in between, so the reader cannot move). Entries after K reach it through its queue; entries
+from its resume point up to K it reads itself with XRANGE. Anything it receives twice is dropped by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.config import Settings
+from shared.ids import parse_stream_id
+from shared.keys import GenerationKeys
+from shared.streams import Entry, is_terminal, read_range
+from shared.tasks import cancel_and_wait
+
+log = logging.getLogger("sse_relay.api")
+_READ_COUNT = 500
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    queue: asyncio.Queue[list[Entry]] = field(default_factory=asyncio.Queue)
+
+
+@dataclass(eq=False)
+class _Followed:
+    last_id: str
+    subscribers: set[_Subscriber] = field(default_factory=set)
+
+
+class _Shard:
+    """One reader task and its connection, for the keys that hash to this shard."""
+
+    def __init__(self, url: str, block_ms: int) -> None:
+        # A dedicated connection: the blocking XREAD holds it, and CLIENT UNBLOCK needs its id.
+        self.reader = Redis.from_url(url, decode_responses=True, single_connection_client=True, socket_timeout=None)
+        self.control = Redis.from_url(url, decode_responses=True, socket_timeout=5)
+        self.block_ms = block_ms
+        self.followed: dict[str, _Followed] = {}
+        self.version = 0
+        self.read_version = -1
+        self.changed = asyncio.Event()
+        self.client_id: int | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._read_once()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("stream reader: %s; retrying", type(exc).__name__)
+                self.client_id = None
+                await asyncio.sleep(0.5)
+
+    async def _read_once(self) -> None:
+        if not self.followed:
+            self.changed.clear()
+            await self.changed.wait()
+            return
+        if self.client_id is None:
+            self.client_id = int(await self.reader.client_id())
+        self.read_version = self.version
+        streams = {key: followed.last_id for key, followed in self.followed.items()}
+        response = await self.reader.xread(streams, count=_READ_COUNT, block=self.block_ms)
+        for key, raw_entries in response or []:
+            followed = self.followed.get(key)
+            if followed is None:
+                continue
+            batch = [(entry_id, fields["e"]) for entry_id, fields in raw_entries]
+            followed.last_id = batch[-1][0]
+            for subscriber in followed.subscribers:
+                subscriber.queue.put_nowait(batch)
+
+    async def wake(self) -> None:
+        """Make the reader include a new key now, not after its current BLOCK times out."""
+        self.version += 1
+        self.changed.set()
+        for _ in range(100):
+            if self.read_version >= self.version or self.client_id is None:
+                return
+            try:
+                if await self.control.client_unblock(self.client_id):
+                    return
+            except (RedisError, OSError):
+                return
+            # Not blocked yet (the XREAD is still on its way): try again in a moment.
+            await asyncio.sleep(0.001)
+
+
+class StreamHub:
+    """Subscriptions to generation streams for one API process."""
+
+    def __init__(self, settings: Settings, streams: Redis, shards: int) -> None:
+        self.settings = settings
+        self.streams = streams
+        self.shards = [_Shard(settings.streams_url, settings.sse_read_block_ms) for _ in range(shards)]
+
+    def start(self) -> None:
+        for shard in self.shards:
+            shard.task = asyncio.ensure_future(shard.run())
+
+    async def stop(self) -> None:
+        await cancel_and_wait(*(shard.task for shard in self.shards if shard.task is not None))
+        for shard in self.shards:
+            await shard.reader.aclose()
+            await shard.control.aclose()
+
+    def _shard(self, key: str) -> _Shard:
+        return self.shards[zlib.crc32(key.encode()) % len(self.shards)]
+
+    async def follow(self, keys: GenerationKeys, after: str) -> AsyncIterator[list[Entry]]:
+        """Batches of entries after `after`, then live ones, until the terminal event or the generation expires."""
+        shard = self._shard(keys.events)
+        subscriber = _Subscriber()
+        followed = shard.followed.get(keys.events)
+        is_new = followed is None
+        if followed is None:
+            # The reader delivers everything after `after` itself: no backlog read needed.
+            followed = shard.followed[keys.events] = _Followed(after)
+        position = followed.last_id
+        followed.subscribers.add(subscriber)
+        try:
+            if is_new:
+                await shard.wake()
+            last = after
+            if _before(after, position):
+                backlog = [e for e in await read_range(self.streams, keys.events, after) if not _before(position, e[0])]
+                if backlog:
+                    yield backlog
+                    last = backlog[-1][0]
+                    if is_terminal(backlog[-1][1]):
+                        return
+            async for batch in self._live(subscriber, keys, last):
+                yield batch
+                if is_terminal(batch[-1][1]):
+                    return
+        finally:
+            followed.subscribers.discard(subscriber)
+            if not followed.subscribers and shard.followed.get(keys.events) is followed:
+                del shard.followed[keys.events]
+
+    async def _live(self, subscriber: _Subscriber, keys: GenerationKeys, last: str) -> AsyncIterator[list[Entry]]:
+        idle_s = self.settings.sse_read_block_ms / 1000
+        while True:
+            try:
+                batch = await asyncio.wait_for(subscriber.queue.get(), idle_s)
+            except TimeoutError:
+                # Nothing for a while: stop following a generation that no longer exists.
+                if not await self.streams.exists(keys.state):
+                    return
+                continue
+            fresh = [entry for entry in batch if _before(last, entry[0])]
+            if not fresh:
+                continue
+            last = fresh[-1][0]
+            for index, (_, raw) in enumerate(fresh):
+                if is_terminal(raw):
+                    yield fresh[: index + 1]
+                    return
+            yield fresh
+
+
+def _before(a: str, b: str) -> bool:
+    """Stream id a < b."""
+    pa, pb = parse_stream_id(a), parse_stream_id(b)
+    return pa is not None and pb is not None and pa < pb
