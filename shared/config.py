@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     stream_maxlen: int = Field(default=100_000, ge=100, validation_alias="STREAM_MAXLEN")
     live_ttl_s: int = Field(default=86_400, ge=60, validation_alias="LIVE_TTL_S")
     finished_ttl_s: int = Field(default=86_400, ge=1, validation_alias="FINISHED_TTL_S")
-    coalesce_ms: float = Field(default=0.0, ge=0, le=1000, validation_alias="COALESCE_MS")
+    coalesce_ms: float = Field(default=10.0, ge=0, le=1000, validation_alias="COALESCE_MS")
 
     # Worker.
     worker_max_jobs: int = Field(default=500, ge=1, validation_alias="WORKER_MAX_JOBS")

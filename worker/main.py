@@ -82,9 +82,20 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     lease = timedelta(seconds=deps.settings.hook_timeout_s * 2)
     due = await deps.store.hooks_due(deps.settings.hook_max_attempts, lease)
     for generation_id in due:
-        await run_on_complete(deps, generation_id)
+        if await _terminal_published(deps, generation_id):
+            await run_on_complete(deps, generation_id)
     purged = await deps.store.purge(timedelta(days=deps.settings.result_retention_days))
     return {"hooks": len(due), "purged": purged}
+
+
+async def _terminal_published(deps: Deps, generation_id: str) -> bool:
+    """A record whose attempt died before publishing its terminal event is not final yet: the retried
+    attempt will replace it. Once Redis has forgotten the generation, the stored record is all there is."""
+    state = await deps.generations.get(generation_id)
+    if state is None:
+        return True
+    record = await deps.store.get(generation_id)
+    return record is not None and state.terminal_id == record.terminal_event_id
 
 
 class WorkerSettings:

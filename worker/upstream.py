@@ -91,10 +91,12 @@ def _pieces_of(chunk: Any, outcome: Outcome) -> list[Piece]:
         delta = choice.delta
         # Reasoning models (DeepSeek, DashScope) send an extra attribute the SDK does not declare.
         thinking = getattr(delta, "reasoning_content", None) if delta is not None else None
+        # NUL is dropped: PostgreSQL text cannot hold it, and the stream, the done event's sha256 and the
+        # stored record must all describe the same text.
         if thinking:
-            pieces.append(Piece("reasoning", str(thinking)))
+            pieces.append(Piece("reasoning", str(thinking).replace("\x00", "")))
         if delta is not None and delta.content:
-            pieces.append(Piece("content", delta.content))
+            pieces.append(Piece("content", delta.content.replace("\x00", "")))
         if choice.finish_reason:
             outcome.finish_reason = choice.finish_reason
     return pieces

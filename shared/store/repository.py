@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import Table, case, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,9 +40,21 @@ class FinalResult:
     def row(self) -> dict[str, Any]:
         values = asdict(self)
         values["meta"] = values.pop("metadata")
+        # PostgreSQL text cannot hold NUL (the worker already drops it from provider output).
+        for name in ("text", "reasoning", "error_message"):
+            if isinstance(values[name], str):
+                values[name] = values[name].replace("\x00", "")
+        # SQLite keeps the wall-clock time and drops the offset: store UTC everywhere.
+        for name in ("created_at", "started_at", "finished_at"):
+            if isinstance(values[name], datetime):
+                values[name] = values[name].astimezone(UTC)
         values["hook_status"] = "pending" if self.hook_name and self.status == "done" else "none"
         values["hook_attempts"] = 0
         return values
+
+
+# Hook bookkeeping owned by claim_hook/finish_hook; save() never overwrites it.
+_HOOK_STATE = frozenset({"id", "hook_status", "hook_attempts", "hook_error", "hook_started_at"})
 
 
 def utcnow() -> datetime:
@@ -71,8 +83,14 @@ class ResultStore:
         columns = {attr.key: attr.columns[0].name for attr in GenerationRecord.__mapper__.column_attrs}
         values = {columns[key]: value for key, value in result.row().items()}
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(cast(Table, GenerationRecord.__table__)).values(**values)
-        updates = {key: statement.excluded[key] for key in values if key != "id"}
+        table = cast(Table, GenerationRecord.__table__)
+        statement = insert(table).values(**values)
+        updates: dict[str, Any] = {key: statement.excluded[key] for key in values if key not in _HOOK_STATE}
+        # A hook that has started (running, ok, failed) keeps its state: a retried attempt's record must not
+        # re-arm it. Not started yet (pending, none): the new ending decides whether it is owed.
+        current = table.c.hook_status
+        started = current.in_(("running", "ok", "failed"))
+        updates["hook_status"] = case((started, current), else_=statement.excluded.hook_status)
         statement = statement.on_conflict_do_update(
             index_elements=["id"],
             set_=updates,

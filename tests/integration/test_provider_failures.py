@@ -56,3 +56,15 @@ async def test_rate_limit_before_the_first_token_is_retried_then_succeeds(client
     assert_well_formed(events)
     assert events[-1].type == "done"
     assert text_of(events) == "after a retry"
+
+
+async def test_nul_characters_from_the_provider_are_dropped_everywhere(client: httpx.AsyncClient) -> None:
+    # PostgreSQL text cannot hold U+0000: the stream, the done event and the stored record agree without it.
+    body = {"prompt": "echo:a\u0000b\u0000c", "model": "demo@chunk=2"}
+    async with client.stream("POST", "/v1/generations", json=body) as response:
+        generation_id = response.headers["x-generation-id"]
+        events = await read_events(response)
+    assert text_of(events) == "abc"
+    assert events[-1].data["data"]["length"] == 3
+    view = (await client.get(f"/v1/generations/{generation_id}")).json()
+    assert (view["status"], view["text"]) == ("done", "abc")

@@ -55,7 +55,10 @@ async def test_generation_survives_a_worker_killed_between_last_token_and_hook(
     assert kinds[-1] == "done"
     assert events[kinds.index("reset")].data["data"]["attempt"] == 2
     assert text_of(events) == text
-    assert "".join(e.data["data"] for e in events[: kinds.index("reset")] if e.type == "content") == text
+    # The first attempt died after its last token arrived (the hook saw the marker); what it had published,
+    # possibly short of a last coalesced piece, is a prefix of the answer that `reset` tells clients to drop.
+    before_crash = "".join(e.data["data"] for e in events[: kinds.index("reset")] if e.type == "content")
+    assert before_crash and text.startswith(before_crash)
 
     completions = logdir / "completions.log"
     deadline = time.monotonic() + 10
