@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from redis.asyncio import Redis
 
@@ -65,3 +67,8 @@ async def test_provider_key_appears_in_no_event_log_or_redis_value(client: httpx
     assert stack.prefix.encode() in dump, "the scan must see this stack's keys"
     assert b"arq:result:" in dump, "arq results must be part of the scan"
     assert secret.encode() not in dump
+
+    database = stack.env["DATABASE_URL"].split(":///", 1)[1]
+    stored = b"".join(p.read_bytes() for p in Path(database).parent.glob(Path(database).name + "*"))
+    assert b"upstream_auth" in stored, "the result store must hold the generations checked here"
+    assert secret.encode() not in stored, "the provider key reached the result store"
