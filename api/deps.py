@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from api.enqueue import Enqueuer
 from api.errors import ApiError
@@ -46,22 +46,36 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 ANONYMOUS = "anonymous"
 
 
-def get_caller(request: Request, services: ServicesDep) -> str:
-    """The caller's identity: a digest of its bearer key (the key itself is never stored), or anonymous."""
+def _unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized", "A valid bearer API key is required.", headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_optional_caller(request: Request, services: ServicesDep) -> str | None:
+    """A digest of the bearer key (the key itself is never stored); anonymous when auth is off; None when
+    auth is on and no Authorization header was sent (a read token may still do). A wrong key is a 401."""
     keys = services.settings.api_keys
     if not keys:
         return ANONYMOUS
-    header = request.headers.get("authorization", "")
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer" and token:
         for key in keys:
             if hmac.compare_digest(token.encode(), key.encode()):
                 return "key:" + hashlib.sha256(key.encode()).hexdigest()[:24]
-    raise ApiError(401, "unauthorized", "A valid bearer API key is required.", headers={"WWW-Authenticate": "Bearer"})
+    raise _unauthorized()
+
+
+def get_caller(caller: Annotated[str | None, Depends(get_optional_caller)]) -> str:
+    if caller is None:
+        raise _unauthorized()
+    return caller
 
 
 CallerDep = Annotated[str, Depends(get_caller)]
+OptionalCallerDep = Annotated[str | None, Depends(get_optional_caller)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +91,52 @@ def not_found(generation_id: str) -> ApiError:
     return ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
 
 
+async def _lookup(generation_id: str, services: Services) -> Found:
+    """Redis while the generation is live, the durable store after; 404 if neither knows it."""
+    if is_generation_id(generation_id):
+        state = await services.generations.get(generation_id)
+        if state is not None:
+            return Found(generation_id, state, None)
+        record = await services.store.get(generation_id)
+        if record is not None:
+            return Found(generation_id, None, record)
+    raise not_found(generation_id)
+
+
+def _owner(found: Found) -> str:
+    return found.state.owner if found.state else found.record.owner if found.record else ""
+
+
+def _token_sha(found: Found) -> str | None:
+    return found.state.read_token_sha if found.state else found.record.read_token_sha if found.record else None
+
+
 async def find_generation(generation_id: str, services: ServicesDep, caller: CallerDep) -> Found:
-    """Redis while the generation is live, the durable store after; 404 for unknown or others' ids."""
-    if not is_generation_id(generation_id):
+    """For the owner only (cancel, idempotent attach): another caller's id is a 404, never a 403."""
+    found = await _lookup(generation_id, services)
+    if _owner(found) != caller:
         raise not_found(generation_id)
-    state = await services.generations.get(generation_id)
-    if state is not None:
-        if state.owner and state.owner != caller:
-            raise not_found(generation_id)
-        return Found(generation_id, state, None)
-    record = await services.store.get(generation_id)
-    if record is None or record.owner != caller:
-        raise not_found(generation_id)
-    return Found(generation_id, None, record)
+    return found
+
+
+async def readable_generation(
+    generation_id: str,
+    services: ServicesDep,
+    caller: OptionalCallerDep,
+    token: Annotated[str | None, Query(max_length=128, description="The generation's read token")] = None,
+) -> Found:
+    """For reading: the owner's bearer key, or the generation's read token (a browser's EventSource cannot
+    send headers, so the token travels as `?token=`)."""
+    if caller is None and token is None:
+        raise _unauthorized()
+    found = await _lookup(generation_id, services)
+    if caller is not None and _owner(found) == caller:
+        return found
+    expected = _token_sha(found)
+    if token is not None and expected and hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), expected):
+        return found
+    raise not_found(generation_id)
 
 
 GenerationDep = Annotated[Found, Depends(find_generation)]
+ReadableDep = Annotated[Found, Depends(readable_generation)]

@@ -28,16 +28,23 @@ class Enqueuer:
         self._combined = queue.register_script(lua.CREATE_AND_ENQUEUE)
         self._wake = queue.register_script(lua.WAKE)
 
-    async def submit(self, generation_id: str, request: StoredRequest, metadata: dict[str, Any], owner: str) -> None:
+    async def submit(
+        self,
+        generation_id: str,
+        request: StoredRequest,
+        metadata: dict[str, Any],
+        owner: str,
+        read_token_sha: str = "",
+    ) -> None:
         settings = self.generations.settings
         now_ms = int(time.time() * 1000)
         job = serialize_job(JOB_FUNCTION, (generation_id,), {}, None, now_ms)
         if not self.same_server:
-            await self.generations.create(generation_id, request, metadata, owner)
+            await self.generations.create(generation_id, request, metadata, owner, read_token_sha)
             await self.queue.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
             await self._wake(keys=[wake_key(settings.key_prefix)], args=[_WAKE_MAX])
             return
-        fields = self.generations.state_fields(request, metadata, owner)
+        fields = self.generations.state_fields(request, metadata, owner, read_token_sha)
         keys = [
             self.generations.keys(generation_id).state,
             job_key_prefix + generation_id,

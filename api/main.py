@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_allow_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key", "Prefer"],
-            expose_headers=["X-Generation-Id", "Location"],
+            expose_headers=["X-Generation-Id", "Location", "X-Generation-Token"],
         )
     _document_body(app)
     return app

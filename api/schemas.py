@@ -54,7 +54,10 @@ class GenerationCreated(BaseModel):
     id: str
     status: Status
     url: str
-    events_url: str
+    events_url: str = Field(description="Includes ?token=... so a browser's EventSource can read it.")
+    token: str | None = Field(
+        default=None, description="Read token for this generation's status and events (`?token=`)."
+    )
 
 
 class GenerationStatus(BaseModel):

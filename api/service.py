@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Response
 from fastapi.responses import JSONResponse
@@ -16,8 +17,9 @@ from fastapi.responses import JSONResponse
 from api import metrics
 from api.deps import Services
 from api.errors import ApiError
-from api.schemas import GenerationCreated
+from api.schemas import GenerationCreated, Status
 from api.sse import START, frames, sse_response
+from shared.config import Settings
 from shared.errors import SAFE_MESSAGES, ErrorCode
 from shared.ids import new_generation_id
 from shared.jobs import StoredRequest
@@ -28,8 +30,9 @@ from shared.store.repository import FinalResult
 @dataclass(frozen=True, slots=True)
 class Started:
     id: str
-    status: str
+    status: Status
     new: bool  # False: an Idempotency-Key attached this request to an existing generation
+    token: str | None = None  # read token, only when the generation was created by this request
 
 
 def fingerprint(request: StoredRequest, metadata: dict[str, Any]) -> str:
@@ -51,17 +54,50 @@ async def start_generation(
     idempotency: str | None = None,
 ) -> Started:
     """Claim the idempotency key if any, then create and enqueue. A replayed key enqueues nothing."""
+    check_limits(services.settings, request)
     check_hooks(services, request)
     generation_id = new_generation_id()
+    idempotency_redis_key = None
     if idempotency is not None:
         existing = await _claim_idempotency(
             services, generation_id, caller, idempotency, fingerprint(request, metadata)
         )
         if existing is not None:
             return existing
-    await services.enqueuer.submit(generation_id, request, metadata, caller)
+        idempotency_redis_key = _idempotency_redis_key(services, caller, idempotency)
+    if not await services.generations.admit(caller, generation_id):
+        if idempotency_redis_key is not None:
+            await services.streams.delete(idempotency_redis_key)  # nothing started under it
+        limit = services.settings.max_concurrent_per_caller
+        raise ApiError(
+            429, "too_many_generations", f"At most {limit} unfinished generations per caller; wait for one to end.",
+            headers={"Retry-After": "1"},
+        )  # fmt: skip
+    token = secrets.token_urlsafe(24)
+    await services.enqueuer.submit(generation_id, request, metadata, caller, token_digest(token))
     metrics.GENERATIONS_CREATED.inc()
-    return Started(generation_id, "queued", new=True)
+    return Started(generation_id, "queued", new=True, token=token)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_limits(settings: Settings, request: StoredRequest) -> None:
+    chars = sum(len(message["content"]) for message in request.messages)
+    if chars > settings.max_prompt_chars:
+        raise ApiError(
+            413, "prompt_too_large", f"The messages hold {chars} characters; the limit is {settings.max_prompt_chars}."
+        )
+    if len(request.messages) > settings.max_messages:
+        raise ApiError(422, "too_many_messages", f"At most {settings.max_messages} messages per generation.")
+    max_tokens = request.provider_args.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens > settings.max_tokens_limit:
+        raise ApiError(422, "max_tokens_too_large", f"max_tokens may be at most {settings.max_tokens_limit}.")
+
+
+def _idempotency_redis_key(services: Services, caller: str, key: str) -> str:
+    return idempotency_key(services.settings.key_prefix, caller, hashlib.sha256(key.encode()).hexdigest())
 
 
 async def _claim_idempotency(
@@ -69,7 +105,7 @@ async def _claim_idempotency(
 ) -> Started | None:
     """SET NX of key -> our new id; if another request holds the key, its generation (same body) instead."""
     settings = services.settings
-    redis_key = idempotency_key(settings.key_prefix, caller, hashlib.sha256(key.encode()).hexdigest())
+    redis_key = _idempotency_redis_key(services, caller, key)
     value = f"{generation_id} {print_}"
     if await services.streams.set(redis_key, value, nx=True, ex=settings.idempotency_ttl_s):
         return None
@@ -82,7 +118,7 @@ async def _claim_idempotency(
     return Started(existing_id, await _status_when_created(services, existing_id), new=False)
 
 
-async def _status_when_created(services: Services, generation_id: str) -> str:
+async def _status_when_created(services: Services, generation_id: str) -> Status:
     """The first request may still be between claiming the key and creating the generation: wait briefly."""
     for _ in range(100):
         state = await services.generations.get(generation_id)
@@ -90,7 +126,7 @@ async def _status_when_created(services: Services, generation_id: str) -> str:
             return state.status
         record = await services.store.get(generation_id)
         if record is not None:
-            return record.status
+            return cast(Status, record.status)
         await asyncio.sleep(0.02)
     raise ApiError(409, "idempotency_conflict", "The request holding this Idempotency-Key did not start; retry.")
 
@@ -120,15 +156,27 @@ async def save_cancelled(services: Services, generation_id: str) -> None:
             started_at=None,
             finished_at=moment,
             hook_name=None,
+            read_token_sha=state.read_token_sha,
         )
     )
+    await services.generations.release(state.owner, state.id)
 
 
 def created_response(started: Started, background: bool, services: Services) -> Response:
     url = f"/v1/generations/{started.id}"
     headers = {"X-Generation-Id": started.id, "Location": url}
+    events_url = f"{url}/events"
+    if started.token is not None:
+        headers["X-Generation-Token"] = started.token
+        events_url += f"?token={started.token}"
     if background:
-        created = GenerationCreated(id=started.id, status=started.status, url=url, events_url=f"{url}/events")  # type: ignore[arg-type]
+        created = GenerationCreated(
+            id=started.id,
+            status=started.status,
+            url=url,
+            events_url=events_url,
+            token=started.token,
+        )
         return JSONResponse(created.model_dump(), status_code=202 if started.new else 200, headers=headers)
     keys = services.generations.keys(started.id)
     body = frames(services.streams, keys, [], START, services.settings.sse_read_block_ms, services.hub)

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     cancel_poll_s: float = Field(default=0.5, gt=0, validation_alias="CANCEL_POLL_S")
     worker_poll_delay_s: float = Field(default=0.5, gt=0, validation_alias="WORKER_POLL_DELAY_S")
 
+    # Per-caller limits (a caller is a bearer key; everyone is one caller when auth is off).
+    max_prompt_chars: int = Field(default=200_000, ge=1, validation_alias="MAX_PROMPT_CHARS")
+    max_messages: int = Field(default=500, ge=1, validation_alias="MAX_MESSAGES")
+    max_tokens_limit: int = Field(default=65_536, ge=1, validation_alias="MAX_TOKENS_LIMIT")
+    max_concurrent_per_caller: int = Field(default=100, ge=1, validation_alias="MAX_CONCURRENT_PER_CALLER")
+
     # Durable results and hooks.
     auto_migrate: bool = Field(default=True, validation_alias="AUTO_MIGRATE")
     result_retention_days: float = Field(default=30.0, gt=0, validation_alias="RESULT_RETENTION_DAYS")

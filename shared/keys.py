@@ -27,6 +27,11 @@ def idempotency_key(prefix: str, caller: str, digest: str) -> str:
     return f"{prefix}:idem:{caller}:{digest}"
 
 
+def active_key(prefix: str, caller: str) -> str:
+    """A caller's unfinished generations (ZSET id -> deadline), for the concurrency limit."""
+    return f"{prefix}:active:{caller}"
+
+
 def wake_key(prefix: str) -> str:
     """A list workers block on (BLPOP): one push per enqueued job wakes one idle worker at once."""
     return f"{prefix}:wake"

@@ -98,3 +98,14 @@ redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 redis.call('EXPIRE', KEYS[1], 60)
 return 1
 """
+
+# Admit a new generation for a caller under its concurrency limit. Entries carry a deadline as score, so a
+# generation whose release was lost (a crash) stops counting by itself.
+# KEYS: the caller's active zset. ARGV: now, deadline, generation id, limit, ttl. Returns 1 admitted, 0 refused.
+ADMIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""

@@ -13,7 +13,7 @@ from shared import events, lua
 from shared.config import Settings
 from shared.errors import ErrorCode
 from shared.jobs import StoredRequest
-from shared.keys import GenerationKeys, generation_keys
+from shared.keys import GenerationKeys, active_key, generation_keys
 from shared.redis_client import StreamsRedis
 
 Status = Literal["queued", "running", "done", "error", "cancelled"]
@@ -56,6 +56,7 @@ class GenerationState:
     usage: dict[str, Any] | None
     error_code: str | None
     cancel_requested: bool
+    read_token_sha: str | None = None
 
     @classmethod
     def from_hash(cls, generation_id: str, raw: dict[str, str]) -> GenerationState:
@@ -79,6 +80,7 @@ class GenerationState:
             usage=json.loads(raw["usage"]) if raw.get("usage") else None,
             error_code=raw.get("error_code") or None,
             cancel_requested=raw.get("cancel") == "1",
+            read_token_sha=raw.get("read_token_sha") or None,
         )
 
 
@@ -93,12 +95,16 @@ class Generations:
         self._publish = client.register_script(lua.PUBLISH)
         self._claim = client.register_script(lua.CLAIM)
         self._cancel = client.register_script(lua.CANCEL)
+        self._admit = client.register_script(lua.ADMIT)
 
     def keys(self, generation_id: str) -> GenerationKeys:
         return generation_keys(self.settings.key_prefix, generation_id)
 
-    def state_fields(self, request: StoredRequest, metadata: dict[str, Any], owner: str) -> dict[str, str]:
+    def state_fields(
+        self, request: StoredRequest, metadata: dict[str, Any], owner: str, read_token_sha: str = ""
+    ) -> dict[str, str]:
         return {
+            "read_token_sha": read_token_sha,
             "status": "queued",
             "model": request.model,
             "request": request.model_dump_json(),
@@ -108,9 +114,16 @@ class Generations:
             "created_at": repr(time.time()),
         }
 
-    async def create(self, generation_id: str, request: StoredRequest, metadata: dict[str, Any], owner: str) -> None:
+    async def create(
+        self,
+        generation_id: str,
+        request: StoredRequest,
+        metadata: dict[str, Any],
+        owner: str,
+        read_token_sha: str = "",
+    ) -> None:
         keys = self.keys(generation_id)
-        fields = self.state_fields(request, metadata, owner)
+        fields = self.state_fields(request, metadata, owner, read_token_sha)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.state, mapping=fields)
             pipe.expire(keys.state, self.settings.live_ttl_s)
@@ -171,3 +184,20 @@ class Generations:
         ]
         outcome, status = await self._cancel(keys=[keys.events, keys.state], args=args)
         return str(outcome), str(status)
+
+    async def admit(self, owner: str, generation_id: str) -> bool:
+        """Count a new generation against its caller's concurrency limit; False if the caller is at it."""
+        settings = self.settings
+        now = time.time()
+        deadline = now + settings.job_timeout_s * (settings.job_max_tries + 1) + 60
+        args: list[str | int | float] = [
+            now,
+            deadline,
+            generation_id,
+            settings.max_concurrent_per_caller,
+            int(deadline - now),
+        ]
+        return bool(await self._admit(keys=[active_key(settings.key_prefix, owner)], args=args))
+
+    async def release(self, owner: str, generation_id: str) -> None:
+        await self.redis.zrem(active_key(self.settings.key_prefix, owner), generation_id)

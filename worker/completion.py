@@ -63,11 +63,13 @@ async def finish(
         started_at=_dt(state.started_at),
         finished_at=finished_at,
         hook_name=state.request.on_complete,
+        read_token_sha=state.read_token_sha,
     )
     await _save(deps, result)
     published = await _publish_terminal(publisher, result, text, end)
     if published.outcome != "written":
         return published.outcome
+    await deps.generations.release(state.owner, state.id)
     if end.status == "done" and state.request.on_complete:
         await run_on_complete(deps, state.id)
     return end.status

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api import metrics
 from api.body import generation_create
-from api.deps import CallerDep, Found, GenerationDep, ServicesDep, find_generation, not_found
+from api.deps import CallerDep, Found, GenerationDep, ReadableDep, ServicesDep, find_generation, not_found
 from api.schemas import ErrorBody, GenerationCreate, GenerationCreated, GenerationStatus, GenerationView
 from api.service import created_response, save_cancelled, start_generation
 from api.sse import frames, is_at_or_after, replay_plan, resume_point, sse_response, stored_entries, stored_frames
@@ -83,7 +83,7 @@ async def _find(services: ServicesDep, generation_id: str, caller: str) -> Found
 )
 async def generation_events(
     services: ServicesDep,
-    found: GenerationDep,
+    found: ReadableDep,
     last_event_id: Annotated[str | None, Query(max_length=64)] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
@@ -106,7 +106,7 @@ async def _events_response(services: ServicesDep, found: Found, resume: str | No
 
 
 @router.get("/{generation_id}", response_model=GenerationView, responses=_ERRORS, summary="A generation's status")
-async def get_generation(services: ServicesDep, found: GenerationDep) -> GenerationView:
+async def get_generation(services: ServicesDep, found: ReadableDep) -> GenerationView:
     state = found.state
     if state is None or state.terminal_id is not None:
         # Finished: the durable record is the source of truth (it also knows how on_complete went).

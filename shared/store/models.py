@@ -29,6 +29,7 @@ class GenerationRecord(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     # The terminal event's stream id: a replay from the store keeps it, so a client resuming from it gets 204.
     terminal_event_id: Mapped[str] = mapped_column(String(48))
+    read_token_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -36,6 +36,7 @@ class FinalResult:
     started_at: datetime | None
     finished_at: datetime
     hook_name: str | None
+    read_token_sha: str | None = None
 
     def row(self) -> dict[str, Any]:
         values = asdict(self)

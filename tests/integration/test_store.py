@@ -123,8 +123,8 @@ async def test_upgrade_creates_generations_table_with_its_indexes_at_head(store:
         "ix_generations_finished_at": ["finished_at"],
         "ix_generations_hook_status": ["hook_status"],
     }
-    assert migrations_head() == "0001"
-    assert await alembic_versions(store) == ["0001"]
+    assert migrations_head() == "0002"
+    assert await alembic_versions(store) == ["0002"]
 
 
 async def test_migrations_match_the_models(store: ResultStore) -> None:
