@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(default=900, ge=5, validation_alias="JOB_TIMEOUT_S")
     job_max_tries: int = Field(default=3, ge=1, validation_alias="JOB_MAX_TRIES")
     cancel_poll_s: float = Field(default=0.5, gt=0, validation_alias="CANCEL_POLL_S")
+    # SIGTERM: running generations get this long to finish; then they are handed back to the queue.
+    worker_shutdown_grace_s: float = Field(default=50.0, ge=0, validation_alias="WORKER_SHUTDOWN_GRACE_S")
     worker_poll_delay_s: float = Field(default=0.5, gt=0, validation_alias="WORKER_POLL_DELAY_S")
 
     # Per-caller limits (a caller is a bearer key; everyone is one caller when auth is off).

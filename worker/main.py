@@ -123,4 +123,4 @@ class WorkerSettings:
     poll_delay = _settings.worker_poll_delay_s
     keep_result = 300
     # SIGTERM: give running generations time to finish before arq cancels and re-queues them.
-    job_completion_wait = 50
+    job_completion_wait = int(_settings.worker_shutdown_grace_s)
