@@ -6,7 +6,8 @@ All scripts take KEYS[1] = the events stream, KEYS[2] = the state hash (same `{i
 # Append events for the current attempt. Refuses once a terminal event exists (exactly one terminal event)
 # or when the caller's attempt is not the current one (a stale worker after a retry writes nothing).
 # ARGV: attempt, maxlen, live_ttl, finished_ttl, terminal_status ('' if none), terminal_fields_json,
-#       terminal_id ('' for Redis to choose; the worker chooses it so the durable record can carry it), event...
+#       terminal_id ('' for Redis to choose; the worker chooses it so the durable record can carry it),
+#       first ('1' on a writer's first write: only then can this be the stream's first entry), event...
 # Returns {code, last_id, cancel}: code 1 written, 0 refused (terminal exists), -1 refused (stale attempt).
 PUBLISH = """
 local st = redis.call('HMGET', KEYS[2], 'terminal_id', 'attempt', 'cancel', 'status')
@@ -16,13 +17,13 @@ if st[1] then return {0, st[1], cancel} end
 if tostring(st[2]) ~= ARGV[1] then return {-1, '', cancel} end
 local id = ''
 local first = ''
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local wanted = '*'
   if i == #ARGV and ARGV[5] ~= '' and ARGV[7] ~= '' then wanted = ARGV[7] end
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], wanted, 'e', ARGV[i])
   if first == '' then first = id end
 end
-if redis.call('HSETNX', KEYS[2], 'first_id', first) == 1 then
+if ARGV[8] == '1' and redis.call('HSETNX', KEYS[2], 'first_id', first) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
 if ARGV[5] ~= '' then

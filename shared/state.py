@@ -154,6 +154,7 @@ class Generations:
         terminal_status: Status | None = None,
         terminal_fields: dict[str, str] | None = None,
         terminal_id: str | None = None,
+        first: bool = True,
     ) -> PublishResult:
         """Append events (already JSON); with `terminal_status`, the last one ends the generation."""
         keys = self.keys(generation_id)
@@ -168,6 +169,7 @@ class Generations:
             terminal_status or "",
             json.dumps(fields) if fields else "",
             terminal_id or "",
+            "1" if first else "0",
             *payloads,
         ]
         code, last_id, cancel = await self._publish(keys=[keys.events, keys.state], args=args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from shared import events
@@ -128,7 +129,11 @@ class Attempt:
             log.warning("on_content for %s failed: %s", self.state.id, type(exc).__name__)
 
     async def _watch_cancel(self) -> None:
-        # Polling covers a provider that is silent (no writes, so no cancel flag riding back on replies).
-        while not await self.deps.generations.cancel_requested(self.state.id):  # noqa: ASYNC110 - flag in Redis
-            await asyncio.sleep(self.deps.settings.cancel_poll_s)
-        raise CancelRequested
+        # Every write's reply carries the cancel flag; polling only covers a provider that has gone quiet.
+        interval = self.deps.settings.cancel_poll_s
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self.publisher.last_write_at < interval:
+                continue
+            if await self.deps.generations.cancel_requested(self.state.id):
+                raise CancelRequested

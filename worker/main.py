@@ -7,6 +7,7 @@ import logging
 from datetime import timedelta
 from typing import Any, ClassVar
 
+import uvloop
 from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import func
@@ -30,6 +31,8 @@ from worker.job import run_generation
 from worker.upstream import make_client
 
 wakeup.install()
+# uvicorn runs the API on uvloop; the worker gets the same loop (arq would use the default one).
+uvloop.install()
 
 log = logging.getLogger("sse_relay.worker")
 _settings = get_settings()

@@ -37,6 +37,7 @@ class Publisher:
         self._failure: BaseException | None = None
         self.cancel_requested = False
         self.last_id: str | None = None
+        self.last_write_at = 0.0
 
     async def add(self, kind: Literal["content", "reasoning"], text: str) -> None:
         self._raise_failure()
@@ -109,7 +110,7 @@ class Publisher:
         if batch and terminal_id is not None:
             raise RuntimeError("settle() before finishing with a chosen terminal id")
         return await self._generations.publish(
-            self._id, self._attempt, [*_encode(batch), payload], status, fields, terminal_id
+            self._id, self._attempt, [*_encode(batch), payload], status, fields, terminal_id, first=self.last_id is None
         )
 
     async def _drain(self, raise_failure: bool = True) -> None:
@@ -119,7 +120,8 @@ class Publisher:
             self._raise_failure()
 
     async def _write(self, payloads: list[str]) -> None:
-        result = await self._generations.publish(self._id, self._attempt, payloads)
+        result = await self._generations.publish(self._id, self._attempt, payloads, first=self.last_id is None)
+        self.last_write_at = time.monotonic()
         self.cancel_requested = self.cancel_requested or result.cancel_requested
         if result.outcome == "written":
             self.last_id = result.last_id
