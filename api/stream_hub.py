@@ -55,6 +55,7 @@ class _Shard:
         self.changed = asyncio.Event()
         self.client_id: int | None = None
         self.task: asyncio.Task[None] | None = None
+        self.waker: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         while True:
@@ -86,20 +87,27 @@ class _Shard:
             for subscriber in followed.subscribers:
                 subscriber.queue.put_nowait(batch)
 
-    async def wake(self) -> None:
-        """Make the reader include a new key now, not after its current BLOCK times out."""
+    def wake(self) -> None:
+        """Make the reader include a new key now, not after its current BLOCK times out.
+
+        One waker per shard at a time: a burst of new subscribers bumps the version, and the one running
+        waker keeps unblocking until the reader has started a read that includes all of them.
+        """
         self.version += 1
         self.changed.set()
-        for _ in range(100):
+        if self.waker is None or self.waker.done():
+            self.waker = asyncio.ensure_future(self._unblock())
+
+    async def _unblock(self) -> None:
+        for _ in range(1000):
             if self.read_version >= self.version or self.client_id is None:
                 return
             try:
-                if await self.control.client_unblock(self.client_id):
-                    return
+                unblocked = await self.control.client_unblock(self.client_id)
             except (RedisError, OSError):
                 return
-            # Not blocked yet (the XREAD is still on its way): try again in a moment.
-            await asyncio.sleep(0.001)
+            # Unblocked, or not blocked yet (the XREAD is on its way): check the version again shortly.
+            await asyncio.sleep(0 if unblocked else 0.001)
 
 
 class StreamHub:
@@ -115,7 +123,8 @@ class StreamHub:
             shard.task = asyncio.ensure_future(shard.run())
 
     async def stop(self) -> None:
-        await cancel_and_wait(*(shard.task for shard in self.shards if shard.task is not None))
+        tasks = [task for shard in self.shards for task in (shard.task, shard.waker) if task is not None]
+        await cancel_and_wait(*tasks)
         for shard in self.shards:
             await shard.reader.aclose()
             await shard.control.aclose()
@@ -136,7 +145,7 @@ class StreamHub:
         followed.subscribers.add(subscriber)
         try:
             if is_new:
-                await shard.wake()
+                shard.wake()
             last = after
             if _before(after, position):
                 backlog = [e for e in await read_range(self.streams, keys.events, after) if not _before(position, e[0])]
