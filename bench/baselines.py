@@ -1,0 +1,139 @@
+"""Baselines served by uvicorn like the relay: DIRECT proxies the provider in-process, MEMORY streams from memory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import openai
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from openai.types.chat import ChatCompletionMessageParam
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_MAX_EVENTS = 100_000
+
+
+def frame(payload: dict[str, Any], event_id: str | None = None) -> bytes:
+    """One SSE frame with the relay's shape: optional `id:` line, one `data:` line of compact JSON."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return (head + "data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n\n").encode()
+
+
+def done_payload(text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {
+        "type": "done",
+        "data": {
+            "finish_reason": finish_reason,
+            "length": len(text),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        },
+    }
+
+
+# DIRECT: the seed's pattern, the provider's stream proxied inside the request, one client per process.
+
+
+class DirectBody(BaseModel):
+    prompt: str
+    model: str = "demo"
+
+
+_client: openai.AsyncOpenAI | None = None
+
+
+@asynccontextmanager
+async def _direct_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    global _client
+    _client = openai.AsyncOpenAI(
+        base_url=os.environ["BENCH_UPSTREAM_URL"] + "/v1", api_key=os.environ.get("OPENAI_API_KEY", "bench")
+    )
+    try:
+        yield
+    finally:
+        await _client.close()
+        _client = None
+
+
+direct_app = FastAPI(lifespan=_direct_lifespan)
+
+
+@direct_app.get("/healthz")
+async def direct_health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@direct_app.post("/v1/generations")
+async def direct_generate(body: DirectBody, request: Request) -> StreamingResponse:
+    client = _client
+    assert client is not None, "lifespan not run"
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": body.prompt}]
+
+    async def events() -> AsyncIterator[bytes]:
+        text: list[str] = []
+        finish_reason: str | None = None
+        try:
+            stream = await client.chat.completions.create(model=body.model, messages=messages, stream=True)
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        text.append(choice.delta.content)
+                        yield frame({"type": "content", "data": choice.delta.content})
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+        except openai.OpenAIError as exc:
+            yield frame({"type": "error", "error": "upstream failed", "code": type(exc).__name__})
+            return
+        yield frame(done_payload("".join(text), finish_reason))
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+# MEMORY: the same events from memory, paced like the fake upstream (a pause before each piece), no Redis.
+
+
+def _int_param(request: StarletteRequest, name: str, default: int, high: int) -> int:
+    try:
+        value = int(request.query_params.get(name, default))
+    except ValueError:
+        value = default
+    return max(0, min(value, high))
+
+
+async def memory_stream(request: StarletteRequest) -> Response:
+    count = _int_param(request, "n", 50, _MAX_EVENTS)
+    size = max(1, _int_param(request, "size", 8, 65536))
+    delay_s = _int_param(request, "delay_ms", 20, 600_000) / 1000
+    piece = ("abcdefgh" * (size // 8 + 1))[:size]
+
+    async def events() -> AsyncIterator[bytes]:
+        # Ids shaped like Redis stream ids, so frames have the relay's size.
+        base_ms = int(time.time() * 1000)
+        content = {"type": "content", "data": piece}
+        for index in range(count):
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            yield frame(content, f"{base_ms}-{index}")
+        yield frame(done_payload(piece * count, "stop"), f"{base_ms}-{count}")
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def memory_health(request: StarletteRequest) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+memory_app = Starlette(
+    routes=[Route("/stream", memory_stream, methods=["GET"]), Route("/healthz", memory_health, methods=["GET"])]
+)

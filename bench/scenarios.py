@@ -1,0 +1,705 @@
+"""The scenarios: each runs sse-relay and a baseline side by side on this machine and returns plain numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from bench.procfs import (
+    calls_delta,
+    cpu_seconds,
+    median,
+    open_fds,
+    percentile,
+    redis_command_calls,
+    rss_kib,
+    tcp_connections,
+)
+from bench.sseclient import Request, Stream, fetch
+from bench.stack import BenchStack, bench_stack, host_port, redis_port
+
+Result = dict[str, Any]
+# Text the fake upstream echoes back; ASCII so that characters = bytes and every chunk has the same size.
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+# Connections being opened at once: far below uvicorn's accept backlog (2048), so no SYN is ever dropped.
+CONNECT_LIMIT = 256
+# Commands the benchmark itself sends to Redis while measuring (not the relay's).
+_OWN_COMMANDS = ("info", "client|list", "ping")
+# Lua script invocations: one round trip each, whatever the script runs inside (commandstats counts both).
+_SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
+# Case-sensitive: log levels are upper case, and "error" is also an ordinary word in the relay's info lines.
+_PROBLEM = re.compile(r"Traceback|\b(WARNING|ERROR|CRITICAL)\b|Exception|exited unexpectedly|Too many open files")
+_GENERATION_ID = re.compile(r"gen_[0-9a-f]{8,}")
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of every scenario; --quick shrinks them for a smoke run."""
+
+    quick: bool = False
+    ttft_warmup: int = 20
+    ttft_samples: int = 300
+    ttft_repeats: int = 3
+    idle_seconds: float = 20.0
+    throughput_streams: int = 1000
+    # One round: a relay round at 1,000 streams takes over a minute on 2 cores, and the curve repeats N=1,000.
+    throughput_rounds: int = 1
+    curve_levels: tuple[int, ...] = (10, 100, 1000, 5000)
+    many_generations: int = 20
+    many_per_generation: int = 500
+    many_delay_ms: int = 5000
+    chunks: int = 50
+    chunk_size: int = 8
+    delay_ms: int = 20
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if not quick:
+            return cls()
+        return cls(
+            quick=True,
+            ttft_warmup=5,
+            ttft_samples=40,
+            ttft_repeats=1,
+            idle_seconds=5.0,
+            throughput_streams=100,
+            curve_levels=(10, 100),
+            many_generations=4,
+            many_per_generation=100,
+            many_delay_ms=1000,
+        )
+
+
+def echo_text(chars: int) -> str:
+    return (_ALPHABET * (chars // len(_ALPHABET) + 1))[:chars]
+
+
+def relay_request(stack: BenchStack, text: str, chunk: int, delay_ms: int, background: bool = False) -> Request:
+    payload: dict[str, Any] = {"prompt": f"echo:{text}", "model": f"demo@chunk={chunk},delay_ms={delay_ms}"}
+    if background:
+        payload["background"] = True
+    host, port = host_port(stack.api_url)
+    return Request.post_json(host, port, "/v1/generations", payload)
+
+
+def memory_request(stack: BenchStack, count: int, size: int, delay_ms: int) -> Request:
+    host, port = host_port(stack.memory_url)
+    return Request.get(host, port, f"/stream?n={count}&size={size}&delay_ms={delay_ms}")
+
+
+# Shared helpers.
+
+
+@dataclass
+class Batch:
+    """Many streams run at once, and what they got."""
+
+    streams: list[Stream]
+    expected_chars: int
+    chunk_size: int
+    delay_ms: int
+
+    def summary(self) -> Result:
+        streams = self.streams
+        good = [s for s in streams if s.ok and s.content_chars == self.expected_chars]
+        starts = [s.started for s in streams if s.started is not None]
+        # The last thing received: the last terminal event, or the last event of a stream that never ended.
+        ends = [s.terminal_at or s.last_event_at for s in streams if s.last_event_at is not None]
+        wall = max(ends) - min(starts) if starts and ends else float("nan")
+        content_events = sum(s.content_events for s in streams)
+        # Tokens of the final texts: content discarded by a `reset` was delivered but is not throughput.
+        chars = sum(s.content_chars for s in streams)
+        tokens = chars / self.chunk_size
+        ttfts = [t * 1000 for s in streams if (t := s.ttft) is not None]
+        gaps = self.token_latencies_ms()
+        return {
+            "streams": len(streams),
+            "ok": len(good),
+            "failed": len(streams) - len(good),
+            "streams_with_reset": sum(1 for s in streams if s.resets),
+            "errors": _error_sample(streams, self.expected_chars),
+            "wall_s": wall,
+            "content_events": content_events,
+            "tokens": tokens,
+            "events_per_s": content_events / wall if wall > 0 else float("nan"),
+            "tokens_per_s": tokens / wall if wall > 0 else float("nan"),
+            "tokens_per_event": tokens / content_events if content_events else float("nan"),
+            "ttft_ms_p50": percentile(ttfts, 50),
+            "ttft_ms_p99": percentile(ttfts, 99),
+            "token_latency_samples": len(gaps),
+            "token_latency_ms_p50": percentile(gaps, 50),
+            "token_latency_ms_p99": percentile(gaps, 99),
+        }
+
+    def token_latencies_ms(self) -> list[float]:
+        """Gap between consecutive content events of a stream minus the configured pacing (the brief's
+        definition); a coalesced event that carries k pieces shows up as a gap of about k * delay."""
+        gaps: list[float] = []
+        for stream in self.streams:
+            times = stream.content_times
+            gaps += [(b - a) * 1000 - self.delay_ms for a, b in itertools.pairwise(times)]
+        return gaps
+
+
+def _error_sample(streams: list[Stream], expected_chars: int, limit: int = 5) -> dict[str, int]:
+    reasons: Counter[str] = Counter()
+    for stream in streams:
+        if stream.ok and stream.content_chars == expected_chars:
+            continue
+        if stream.error is not None:
+            reasons[stream.error[:160]] += 1
+        elif stream.terminal == "error" and stream.terminal_data is not None:
+            reasons[f"error event: {stream.terminal_data.get('code')}"] += 1
+        elif stream.terminal is None:
+            reasons["ended without a terminal event"] += 1
+        else:
+            reasons[f"wrong length: {stream.content_chars} of {expected_chars} chars"] += 1
+    return dict(reasons.most_common(limit))
+
+
+async def run_batch(
+    requests: list[Request], *, max_seconds: float, record_times: bool, connect_limit: int = CONNECT_LIMIT
+) -> list[Stream]:
+    """All requests at once (connections opened `connect_limit` at a time), each to its end or its deadline."""
+    limit = asyncio.Semaphore(connect_limit)
+    streams = [Stream(record_times=record_times) for _ in requests]
+    await asyncio.gather(
+        *(fetch(r, s, max_seconds=max_seconds, connect_limit=limit) for r, s in zip(requests, streams, strict=True))
+    )
+    return streams
+
+
+class Sampler:
+    """Samples processes every `interval` seconds while a phase runs: Redis connections (of `connection_pids`),
+    RSS, and CPU as a delta over the phase."""
+
+    def __init__(
+        self, pids: dict[str, int], connection_pids: tuple[str, ...], redis_tcp_port: int, interval: float = 0.25
+    ) -> None:
+        self.pids = pids
+        self.connection_pids = connection_pids
+        self.port = redis_tcp_port
+        self.interval = interval
+        self.redis_connections: dict[str, list[int]] = {name: [] for name in pids}
+        self.rss: dict[str, list[int]] = {name: [] for name in pids}
+        self.cpu_start: dict[str, float] = {}
+        self.cpu_end: dict[str, float] = {}
+        self.started = 0.0
+        self.elapsed = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError):
+                if name in self.connection_pids:
+                    self.redis_connections[name].append(tcp_connections(pid, self.port))
+                self.rss[name].append(rss_kib(pid))
+
+    async def _loop(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval)
+
+    async def __aenter__(self) -> Sampler:
+        self.started = time.monotonic()
+        self.cpu_start = {name: _cpu_or_nan(pid) for name, pid in self.pids.items()}
+        self._task = asyncio.ensure_future(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sample()
+        self.elapsed = time.monotonic() - self.started
+        self.cpu_end = {name: _cpu_or_nan(pid) for name, pid in self.pids.items()}
+
+    def report(self) -> Result:
+        out: Result = {}
+        for name in self.pids:
+            conns = self.redis_connections[name]
+            cpu = self.cpu_end[name] - self.cpu_start[name]
+            out[name] = {
+                "redis_connections_max": max(conns) if conns else None,
+                "redis_connections_median": median([float(c) for c in conns]),
+                "rss_mib_max": max(self.rss[name], default=0) / 1024,
+                "cpu_pct_of_core": 100 * cpu / self.elapsed if self.elapsed > 0 else float("nan"),
+            }
+        return out
+
+
+def relay_pids(stack: BenchStack) -> dict[str, int]:
+    """The relay's processes, this client process and, when it runs here, the Redis server: who uses the CPU."""
+    pids = {name: stack.pid(name) for name in ("api", "worker", "upstream")}
+    pids["client"] = os.getpid()
+    client = _redis(stack)
+    try:
+        server_pid = int(cast(dict[str, Any], client.info("server"))["process_id"])
+    finally:
+        client.close()
+    if os.path.exists(f"/proc/{server_pid}/stat"):
+        pids["redis-server"] = server_pid
+    return pids
+
+
+def _cpu_or_nan(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return float("nan")
+
+
+def log_problems(stack: BenchStack, limit: int = 8) -> dict[str, list[str]]:
+    """Suspicious log lines per process (the error text of anything that broke under load): one example of
+    each kind, with how often that kind occurred (ids and numbers do not make a line a new kind)."""
+    found: dict[str, list[str]] = {}
+    for name, process in stack.processes.items():
+        if not process.log.exists():
+            continue
+        kinds: Counter[str] = Counter()
+        examples: dict[str, str] = {}
+        with process.log.open(errors="replace") as handle:
+            for line in handle:
+                text = line.strip()
+                if not _PROBLEM.search(text):
+                    continue
+                kind = _DIGITS.sub("N", _GENERATION_ID.sub("gen_*", text))
+                kinds[kind] += 1
+                examples.setdefault(kind, text[:400])
+        if kinds:
+            found[name] = [f"{count} x {examples[kind]}" for kind, count in kinds.most_common(limit)]
+    dead = stack.check_alive()
+    if dead:
+        found["exited"] = dead
+    return found
+
+
+def _redis(stack: BenchStack) -> redis.Redis:
+    return redis.Redis.from_url(stack.redis_url)
+
+
+# Scenarios.
+
+
+async def ttft(plan: Plan) -> Result:
+    """Time to first content, sequential requests, DIRECT and relay interleaved; differences of percentiles."""
+    payload_text, chunk, delay_ms = "hello world", 4, 0
+    with bench_stack("ttft", direct=True) as stack:
+        relay = relay_request(stack, payload_text, chunk, delay_ms)
+        direct_host, direct_port = host_port(stack.direct_url)
+        direct = Request.post_json(
+            direct_host,
+            direct_port,
+            "/v1/generations",
+            {"prompt": f"echo:{payload_text}", "model": f"demo@chunk={chunk},delay_ms={delay_ms}"},
+        )
+        failures: Counter[str] = Counter()
+
+        async def sample(request: Request, label: str) -> float | None:
+            stream = await fetch(request, max_seconds=30)
+            if stream.ok and stream.content_chars == len(payload_text) and stream.ttft is not None:
+                return stream.ttft * 1000
+            failures[f"{label}: {_error_sample([stream], len(payload_text))}"] += 1
+            return None
+
+        for _ in range(plan.ttft_warmup):
+            await sample(relay, "relay")
+            await sample(direct, "direct")
+        repeats: list[Result] = []
+        for _ in range(plan.ttft_repeats):
+            relay_ms: list[float] = []
+            direct_ms: list[float] = []
+            # A, B, A, B...: machine noise (GC, other processes) hits both systems alike.
+            for _ in range(plan.ttft_samples):
+                if (value := await sample(relay, "relay")) is not None:
+                    relay_ms.append(value)
+                if (value := await sample(direct, "direct")) is not None:
+                    direct_ms.append(value)
+            repeat: Result = {"relay": _dist(relay_ms), "direct": _dist(direct_ms)}
+            repeat["diff"] = {q: repeat["relay"][q] - repeat["direct"][q] for q in ("p50", "p90", "p99", "mean")}
+            repeats.append(repeat)
+        problems = log_problems(stack)
+    return {
+        "request": {"prompt": f"echo:{payload_text}", "model": f"demo@chunk={chunk},delay_ms={delay_ms}"},
+        "warmup": plan.ttft_warmup,
+        "samples_per_system": plan.ttft_samples,
+        "repeats": repeats,
+        "median": {
+            system: {q: median([r[system][q] for r in repeats]) for q in ("p50", "p90", "p99", "mean")}
+            for system in ("relay", "direct", "diff")
+        },
+        "failures": dict(failures),
+        "log_problems": problems,
+    }
+
+
+def _dist(values: list[float]) -> Result:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "mean": sum(values) / len(values) if values else float("nan"),
+        "min": min(values, default=float("nan")),
+        "max": max(values, default=float("nan")),
+    }
+
+
+async def idle_cpu(plan: Plan) -> Result:
+    """CPU of the idle stack's processes from /proc/<pid>/stat over a quiet window, as % of one core."""
+    with bench_stack("idle_cpu", direct=True) as stack:
+        # One generation through each system first, so lazy start-up work is not counted as idle.
+        warm = await fetch(relay_request(stack, "warm up", 4, 0), max_seconds=30)
+        direct_host, direct_port = host_port(stack.direct_url)
+        await fetch(
+            Request.post_json(direct_host, direct_port, "/v1/generations", {"prompt": "echo:warm up"}), max_seconds=30
+        )
+        await asyncio.sleep(3.0)
+        pids = {name: stack.pid(name) for name in ("worker", "api", "upstream", "direct")}
+        client = _redis(stack)
+        try:
+            calls_before = redis_command_calls(client)
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            started = time.monotonic()
+            await asyncio.sleep(plan.idle_seconds)
+            elapsed = time.monotonic() - started
+            after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            calls = calls_delta(calls_before, redis_command_calls(client), _OWN_COMMANDS)
+        finally:
+            client.close()
+        problems = log_problems(stack)
+    return {
+        "window_s": elapsed,
+        "warm_up_ok": warm.ok,
+        "cpu_pct_of_core": {name: 100 * (after[name] - before[name]) / elapsed for name in pids},
+        "cpu_seconds": {name: after[name] - before[name] for name in pids},
+        # Server-wide: includes any other client of the same Redis server during the window.
+        "redis_commands_per_s_server_wide": sum(calls.values()) / elapsed,
+        "redis_commands": calls,
+        "log_problems": problems,
+    }
+
+
+def _scale_overrides(streams: int) -> dict[str, str]:
+    """Capacity settings for `streams` concurrent generations through one worker and one anonymous caller.
+
+    Not tuning: the defaults cap one worker at 500 jobs and one caller at 100 unfinished generations, and
+    the benchmark is one caller driving one worker at the stated concurrency.
+    """
+    return {
+        "WORKER_MAX_JOBS": str(max(500, streams)),
+        "MAX_CONCURRENT_PER_CALLER": str(max(100, streams * 2)),
+    }
+
+
+async def throughput(plan: Plan) -> Result:
+    """N live streams at once through the relay vs the MEMORY baseline: delivery rate, Redis cost."""
+    n, chunks, size, delay_ms = plan.throughput_streams, plan.chunks, plan.chunk_size, plan.delay_ms
+    text = echo_text(chunks * size)
+    max_seconds = 60 + n * 0.05
+    with bench_stack("throughput", memory=True, overrides=_scale_overrides(n)) as stack:
+        relay_req = relay_request(stack, text, size, delay_ms)
+        memory_req = memory_request(stack, chunks, size, delay_ms)
+        # Warm-up: imports, connection pools, the store's first writes.
+        await run_batch([relay_req] * 20 + [memory_req] * 20, max_seconds=60, record_times=False)
+        client = _redis(stack)
+        port = redis_port(stack.redis_url)
+        pids = relay_pids(stack)
+        rounds: list[Result] = []
+        try:
+            idle_api_connections = tcp_connections(pids["api"], port)
+            # Other clients of a shared Redis server show up in commandstats; measure them with our stack idle.
+            noise_before, noise_started = redis_command_calls(client), time.monotonic()
+            await asyncio.sleep(3.0)
+            noise_calls = calls_delta(noise_before, redis_command_calls(client), _OWN_COMMANDS)
+            background_rate = sum(noise_calls.values()) / (time.monotonic() - noise_started)
+            for _ in range(plan.throughput_rounds):
+                base = Batch(
+                    await run_batch([memory_req] * n, max_seconds=max_seconds, record_times=False),
+                    len(text),
+                    size,
+                    delay_ms,
+                )
+                calls_before = redis_command_calls(client)
+                async with Sampler(pids, ("api", "worker"), port) as sampler:
+                    streams = await run_batch([relay_req] * n, max_seconds=max_seconds, record_times=False)
+                calls = calls_delta(calls_before, redis_command_calls(client), _OWN_COMMANDS)
+                relay = Batch(streams, len(text), size, delay_ms).summary()
+                total_calls = sum(calls.values())
+                script_calls = sum(calls.get(name, 0) for name in _SCRIPT_COMMANDS)
+                corrected = max(0.0, total_calls - background_rate * sampler.elapsed)
+                baseline = base.summary()
+                rounds.append(
+                    {
+                        "baseline": baseline,
+                        "relay": relay,
+                        "ratio_tokens_per_s": relay["tokens_per_s"] / baseline["tokens_per_s"],
+                        "ratio_events_per_s": relay["events_per_s"] / baseline["events_per_s"],
+                        "redis_commands": total_calls,
+                        "redis_commands_corrected": corrected,
+                        "redis_commands_top": dict(list(calls.items())[:12]),
+                        "commands_per_content_event": total_calls / max(1, relay["content_events"]),
+                        "commands_per_token": total_calls / max(1.0, relay["tokens"]),
+                        "commands_per_token_corrected": corrected / max(1.0, relay["tokens"]),
+                        "script_calls": script_calls,
+                        "script_calls_per_token": script_calls / max(1.0, relay["tokens"]),
+                        "processes": sampler.report(),
+                    }
+                )
+        finally:
+            client.close()
+        problems = log_problems(stack)
+
+    def med(path: Callable[[Result], float]) -> float:
+        return median([path(r) for r in rounds])
+
+    return {
+        "streams": n,
+        "chunks_per_stream": chunks,
+        "chunk_chars": size,
+        "delay_ms": delay_ms,
+        "settings": _scale_overrides(n),
+        "rounds": rounds,
+        "median": {
+            "baseline_tokens_per_s": med(lambda r: r["baseline"]["tokens_per_s"]),
+            "relay_tokens_per_s": med(lambda r: r["relay"]["tokens_per_s"]),
+            "baseline_events_per_s": med(lambda r: r["baseline"]["events_per_s"]),
+            "relay_events_per_s": med(lambda r: r["relay"]["events_per_s"]),
+            "ratio_tokens_per_s": med(lambda r: r["ratio_tokens_per_s"]),
+            "ratio_events_per_s": med(lambda r: r["ratio_events_per_s"]),
+            "commands_per_content_event": med(lambda r: r["commands_per_content_event"]),
+            "commands_per_token": med(lambda r: r["commands_per_token"]),
+            "commands_per_token_corrected": med(lambda r: r["commands_per_token_corrected"]),
+            "script_calls_per_token": med(lambda r: r["script_calls_per_token"]),
+            "api_redis_connections_max": max(r["processes"]["api"]["redis_connections_max"] for r in rounds),
+            "worker_redis_connections_max": max(r["processes"]["worker"]["redis_connections_max"] for r in rounds),
+            "relay_failed": sum(r["relay"]["failed"] for r in rounds),
+            "baseline_failed": sum(r["baseline"]["failed"] for r in rounds),
+        },
+        "api_redis_connections_idle": idle_api_connections,
+        "redis_background_commands_per_s": background_rate,
+        "redis_connection_method": "established TCP connections to the Redis port owned by the API process "
+        "(its socket inodes in /proc/<pid>/fd matched against /proc/<pid>/net/tcp), sampled every 0.25 s",
+        "log_problems": problems,
+    }
+
+
+async def curve(plan: Plan) -> Result:
+    """Delivery rate and per-token latency against concurrency, relay vs MEMORY baseline."""
+    chunks, size, delay_ms = plan.chunks, plan.chunk_size, plan.delay_ms
+    text = echo_text(chunks * size)
+    top = max(plan.curve_levels)
+    points: list[Result] = []
+    with bench_stack("curve", memory=True, overrides=_scale_overrides(top)) as stack:
+        relay_req = relay_request(stack, text, size, delay_ms)
+        memory_req = memory_request(stack, chunks, size, delay_ms)
+        await run_batch([relay_req] * 20 + [memory_req] * 20, max_seconds=60, record_times=False)
+        pids = relay_pids(stack)
+        port = redis_port(stack.redis_url)
+        for n in plan.curve_levels:
+            # Bounded: a saturated relay at 5,000 streams must not hold the suite; unfinished streams count as failed.
+            max_seconds = min(300.0, 60 + n * 0.05)
+            base = Batch(
+                await run_batch([memory_req] * n, max_seconds=max_seconds, record_times=True), len(text), size, delay_ms
+            )
+            async with Sampler(pids, ("api", "worker"), port, interval=0.5) as sampler:
+                streams = await run_batch([relay_req] * n, max_seconds=max_seconds, record_times=True)
+            relay = Batch(streams, len(text), size, delay_ms)
+            progress(
+                f"curve {n}: baseline {base.summary()['tokens_per_s']:.0f} tok/s, relay "
+                f"{relay.summary()['tokens_per_s']:.0f} tok/s"
+            )
+            points.append(
+                {
+                    "streams": n,
+                    "baseline": base.summary(),
+                    "relay": relay.summary(),
+                    "processes": sampler.report(),
+                    "dead_processes": stack.check_alive(),
+                }
+            )
+            if stack.check_alive():
+                break  # a crashed process makes every later point meaningless
+            # Let finished generations' bookkeeping (store writes, hooks) settle before the next level.
+            await asyncio.sleep(2.0)
+        problems = log_problems(stack)
+    return {
+        "chunks_per_stream": chunks,
+        "chunk_chars": size,
+        "delay_ms": delay_ms,
+        "settings": _scale_overrides(top),
+        "latency_definition": "gap between consecutive content events of one stream, minus delay_ms",
+        "points": points,
+        "log_problems": problems,
+    }
+
+
+async def _hold(
+    label: str,
+    requests: list[Request],
+    pid: int,
+    *,
+    connect_deadline_s: float,
+    watch_s: float,
+    max_seconds: float,
+    redis_tcp_port: int,
+    end: Callable[[], Awaitable[None]] | None = None,
+) -> Result:
+    """Opens every request, waits until each got an event, then checks that each keeps receiving while held."""
+    rss_before = rss_kib(pid)
+    fds_before = open_fds(pid)
+    cpu_before = cpu_seconds(pid)
+    limit = asyncio.Semaphore(CONNECT_LIMIT)
+    streams = [Stream() for _ in requests]
+    started = time.monotonic()
+    tasks = [
+        asyncio.ensure_future(fetch(r, s, max_seconds=max_seconds, connect_limit=limit))
+        for r, s in zip(requests, streams, strict=True)
+    ]
+    all_connected_s: float | None = None
+    deadline = started + connect_deadline_s
+    next_report = started + 15
+    while time.monotonic() < deadline:
+        waiting = sum(1 for s in streams if s.events == 0 and s.ended is None)
+        if waiting == 0:
+            all_connected_s = time.monotonic() - started
+            break
+        if time.monotonic() > next_report:
+            progress(f"{label}: {len(streams) - waiting} of {len(streams)} clients have an event")
+            next_report += 15
+        await asyncio.sleep(0.25)
+    ramp_s = time.monotonic() - started
+    cpu_ramp = cpu_seconds(pid) - cpu_before
+    # Receiving = connected when the hold starts, and another event arrived during the hold.
+    counts = [s.events if s.ended is None else 0 for s in streams]
+    connected = sum(1 for c in counts if c > 0)
+    rss_samples: list[int] = []
+    fds_during = redis_during = 0
+    hold_started, cpu_hold_before = time.monotonic(), cpu_seconds(pid)
+    while time.monotonic() < hold_started + watch_s:
+        rss_samples.append(rss_kib(pid))
+        fds_during = max(fds_during, open_fds(pid))
+        redis_during = max(redis_during, tcp_connections(pid, redis_tcp_port))
+        await asyncio.sleep(0.5)
+    cpu_hold = (cpu_seconds(pid) - cpu_hold_before) / (time.monotonic() - hold_started)
+    receiving = sum(1 for s, c in zip(streams, counts, strict=True) if c > 0 and s.events > c and s.ended is None)
+    rss_during = max(rss_samples, default=rss_before)
+    ended_early = [s for s in streams if s.ended is not None]
+    if end is not None:
+        await end()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "label": label,
+        "clients": len(requests),
+        "connected_with_event": connected,
+        "receiving_while_held": receiving,
+        "failed": len(ended_early),
+        "never_connected": len(requests) - connected - len(ended_early),
+        "errors": _error_sample(ended_early, -1),
+        "seconds_to_connect_all": all_connected_s,
+        "ramp_cpu_pct_of_core": 100 * cpu_ramp / ramp_s,
+        "hold_cpu_pct_of_core": 100 * cpu_hold,
+        "hold_window_s": watch_s,
+        "rss_mib_before": rss_before / 1024,
+        "rss_mib_during": rss_during / 1024,
+        "rss_kib_per_client": (rss_during - rss_before) / max(1, len(requests)),
+        "fds_before": fds_before,
+        "fds_during": fds_during,
+        "api_redis_connections_max": redis_during,
+    }
+
+
+async def many_clients(plan: Plan) -> Result:
+    """10,000 SSE clients held by one API process on a few slow generations; RSS per client vs MEMORY."""
+    generations, per = plan.many_generations, plan.many_per_generation
+    total = generations * per
+    # Slow on purpose: this measures holding connections; delivery under load is what `curve` measures.
+    chunk, delay_ms, pieces = 8, plan.many_delay_ms, 100
+    text = echo_text(chunk * pieces)
+    # Two intervals and a margin: every held client must see at least one new event.
+    watch_s = 2 * delay_ms / 1000 + 2
+    with bench_stack("many_clients", memory=True, overrides=_scale_overrides(generations)) as stack:
+        started: list[tuple[str, str]] = []
+        for _ in range(generations):
+            created = await fetch(relay_request(stack, text, chunk, delay_ms, background=True), keep_body=True)
+            if created.status != 202:
+                raise RuntimeError(f"background POST failed: {created.error}")
+            body = json.loads(created.body)
+            started.append((str(body["id"]), str(body["events_url"])))
+        host, port = host_port(stack.api_url)
+        requests = [Request.get(host, port, events_url) for _, events_url in started for _ in range(per)]
+        await asyncio.sleep(2.0)  # every generation is streaming before the clients arrive
+
+        async def cancel_all() -> None:
+            for generation_id, _ in started:
+                await fetch(
+                    Request.post_json(host, port, f"/v1/generations/{generation_id}/cancel", {}),
+                    keep_body=True,
+                    max_seconds=10,
+                )
+
+        redis_tcp_port = redis_port(stack.redis_url)
+        api_pid = stack.pid("api")
+        api_redis_before = tcp_connections(api_pid, redis_tcp_port)
+        relay = await _hold(
+            "relay",
+            requests,
+            api_pid,
+            connect_deadline_s=180,
+            watch_s=watch_s,
+            max_seconds=pieces * delay_ms / 1000,
+            redis_tcp_port=redis_tcp_port,
+            end=cancel_all,
+        )
+        relay["api_redis_connections_before"] = api_redis_before
+        relay["clients_per_generation"] = per
+        progress(f"relay: {relay['receiving_while_held']} of {total} receiving")
+        await asyncio.sleep(1.0)
+        baseline = await _hold(
+            "memory",
+            [memory_request(stack, pieces, chunk, delay_ms)] * total,
+            stack.pid("memory"),
+            connect_deadline_s=180,
+            watch_s=watch_s,
+            max_seconds=pieces * delay_ms / 1000,
+            redis_tcp_port=redis_tcp_port,
+        )
+        problems = log_problems(stack)
+    return {
+        "clients": total,
+        "generations": generations,
+        "pacing": f"{chunk}-char chunks every {delay_ms} ms",
+        "relay": relay,
+        "baseline": baseline,
+        "log_problems": problems,
+    }
+
+
+def progress(message: str) -> None:
+    print(f"[bench]   {message}", flush=True)
+
+
+SCENARIOS: dict[str, Callable[[Plan], Awaitable[Result]]] = {
+    "ttft": ttft,
+    "idle_cpu": idle_cpu,
+    "throughput": throughput,
+    "curve": curve,
+    "many_clients": many_clients,
+}
