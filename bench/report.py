@@ -78,12 +78,13 @@ def machine_info(redis_url: str) -> dict[str, Any]:
         "redis_server": redis_version,
         "redis_url": redis_url,
         "packages": versions,
-        "git": _git_state(),
+        "git": git_state(),
     }
 
 
-def _git_state() -> str:
-    """The commit measured, and whether the work tree had uncommitted changes (the app may be mid-change)."""
+def git_state() -> str:
+    """The commit measured, and whether the work tree had uncommitted changes (the app may be mid-change);
+    the benchmark's own outputs do not count."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 - git from PATH, like make
@@ -94,7 +95,7 @@ def _git_state() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!BENCHMARKS.md"],  # noqa: S607
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -532,6 +533,13 @@ def _many_section(doc: Doc) -> list[str]:
     return lines + _problems(result)
 
 
+def _code_measured(meta: Doc) -> str:
+    start, end = meta.get("git_at_start"), meta.get("git")
+    if start is None or start == end:
+        return str(end)
+    return f"{start} at the start, {end} at the end (the work tree changed during the run)"
+
+
 def render(doc: Doc, plot: str | None) -> str:
     meta = doc.get("meta", {})
     quick = meta.get("quick")
@@ -550,7 +558,7 @@ def render(doc: Doc, plot: str | None) -> str:
         f"- Python {meta.get('python')}, Redis server {meta.get('redis_server')} ({meta.get('redis_url')}), "
         f"fd limit {meta.get('fd_limit')}",
         f"- Packages: {packages}",
-        f"- Code measured: {meta.get('git')}",
+        f"- Code measured: {_code_measured(meta)}",
         "- Everything on one machine: fake upstream (`python -m demo.model`), one API (`uvicorn --no-access-log "
         "--loop uvloop`), one arq worker, the baselines (same uvicorn options), the client (asyncio over raw "
         "sockets, uvloop) and Redis share the same cores.",

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only and results_file.exists():
         # --only refreshes some scenarios and keeps the others' last results in the report.
         doc = json.loads(results_file.read_text())
+    git_at_start = report.git_state()
     command = " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])])
     started = time.monotonic()
     for name in names:
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["meta"] = report.machine_info(DEFAULT_REDIS_URL)
     doc["meta"].update(
         command=command,
+        git_at_start=git_at_start,
         quick=plan.quick,
         fd_limit=fd_limit,
         date=datetime.now(UTC).isoformat(timespec="seconds"),
