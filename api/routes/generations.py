@@ -68,12 +68,8 @@ async def create_generation(
     started = await start_generation(services, request, body.metadata or {}, caller, idempotency_key or None)
     background = body.background or "respond-async" in (prefer or "").lower()
     if not started.new and not background:
-        return await _events_response(services, await _find(services, started.id, caller), None)
+        return await _events_response(services, await find_generation(started.id, services, caller), None)
     return created_response(started, background, services)
-
-
-async def _find(services: ServicesDep, generation_id: str, caller: str) -> Found:
-    return await find_generation(generation_id, services, caller)
 
 
 @router.get(
@@ -137,13 +133,9 @@ async def cancel_generation(services: ServicesDep, found: GenerationDep) -> JSON
         current = await services.generations.get(found.id)
         return _status(found.id, current.status if current else found.state.status, 200)
     if outcome == "cancelled":
-        await record_queued_cancel(services, found)
+        # No worker will ever finish a generation cancelled while queued: the API writes its record.
+        await save_cancelled(services, found.id)
     return _status(found.id, status, 202)
-
-
-async def record_queued_cancel(services: ServicesDep, found: Found) -> None:
-    """No worker will ever finish a generation cancelled while queued: the API writes its record."""
-    await save_cancelled(services, found.id)
 
 
 def _status(generation_id: str, status: str, code: int) -> JSONResponse:
