@@ -5,19 +5,27 @@ All scripts take KEYS[1] = the events stream, KEYS[2] = the state hash (same `{i
 
 # Append events for the current attempt. Refuses once a terminal event exists (exactly one terminal event)
 # or when the caller's attempt is not the current one (a stale worker after a retry writes nothing).
+# A write carries its attempt's sequence number: a write retried after its reply was lost (Redis went away
+# mid-call) is recognised and not appended twice; it answers as written, with the stream's last id.
 # ARGV: attempt, maxlen, live_ttl, finished_ttl, terminal_status ('' if none), terminal_fields_json,
 #       terminal_id ('' for Redis to choose; the worker chooses it so the durable record can carry it),
-#       first ('1' on a writer's first write: only then can this be the stream's first entry), event...
+#       first ('1' on a writer's first write: only then can this be the stream's first entry),
+#       seq (1, 2, ... per attempt; '0': no duplicate check), event...
 # Returns {code, last_id, cancel}: code 1 written, 0 refused (terminal exists), -1 refused (stale attempt).
 PUBLISH = """
-local st = redis.call('HMGET', KEYS[2], 'terminal_id', 'attempt', 'cancel', 'status')
+local st = redis.call('HMGET', KEYS[2], 'terminal_id', 'attempt', 'cancel', 'status', 'pub_seq')
 local cancel = st[3] or ''
 if not st[4] then return {-2, '', cancel} end
+local seq = tonumber(ARGV[9])
+if seq > 0 and tostring(st[2]) == ARGV[1] and seq <= (tonumber(st[5]) or 0) then
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  return {1, last[1] and last[1][1] or '', cancel}
+end
 if st[1] then return {0, st[1], cancel} end
 if tostring(st[2]) ~= ARGV[1] then return {-1, '', cancel} end
 local id = ''
 local first = ''
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   local wanted = '*'
   if i == #ARGV and ARGV[5] ~= '' and ARGV[7] ~= '' then wanted = ARGV[7] end
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], wanted, 'e', ARGV[i])
@@ -26,6 +34,7 @@ end
 if ARGV[8] == '1' and redis.call('HSETNX', KEYS[2], 'first_id', first) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
+if seq > 0 then redis.call('HSET', KEYS[2], 'pub_seq', seq) end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[2], 'status', ARGV[5], 'terminal_id', id)
   if ARGV[6] ~= '' then
@@ -47,7 +56,7 @@ local st = redis.call('HMGET', KEYS[2], 'status', 'terminal_id', 'attempt', 'sta
 if not st[1] then return {'missing', 0, 0} end
 if st[2] then return {'terminal', tonumber(st[3]) or 0, 0} end
 local attempt = (tonumber(st[3]) or 0) + 1
-redis.call('HSET', KEYS[2], 'attempt', attempt, 'status', 'running')
+redis.call('HSET', KEYS[2], 'attempt', attempt, 'status', 'running', 'pub_seq', 0)
 if not st[4] then redis.call('HSET', KEYS[2], 'started_at', ARGV[1]) end
 local result = {'ok', attempt, redis.call('XLEN', KEYS[1])}
 for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(result, v) end

@@ -155,8 +155,13 @@ class Generations:
         terminal_fields: dict[str, str] | None = None,
         terminal_id: str | None = None,
         first: bool = True,
+        seq: int = 0,
     ) -> PublishResult:
-        """Append events (already JSON); with `terminal_status`, the last one ends the generation."""
+        """Append events (already JSON); with `terminal_status`, the last one ends the generation.
+
+        `seq` (1, 2, ... within an attempt) makes the write safe to repeat: a repeat of an applied write
+        appends nothing and answers as written.
+        """
         keys = self.keys(generation_id)
         fields = dict(terminal_fields or {})
         if terminal_status is not None:
@@ -170,6 +175,7 @@ class Generations:
             json.dumps(fields) if fields else "",
             terminal_id or "",
             "1" if first else "0",
+            seq,
             *payloads,
         ]
         code, last_id, cancel = await self._publish(keys=[keys.events, keys.state], args=args)

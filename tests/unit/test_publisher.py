@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import events
 from shared.config import Settings
@@ -266,3 +267,102 @@ async def test_cancel_request_rides_back_on_a_write(generations: CountingGenerat
     await publisher.add("content", "b")
     assert publisher.cancel_requested is True
     publisher.close()
+
+
+class FlakyGenerations(CountingGenerations):
+    """Redis going away mid-call: `lose_reply` calls are applied but their reply never arrives (ConnectionError),
+    `refuse` calls fail before reaching Redis, `hang` calls are applied and then wait forever."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        super().__init__(redis, settings)
+        self.lose_reply: set[int] = set()
+        self.refuse: set[int] = set()
+        self.hang: set[int] = set()
+        self.n = 0
+
+    async def publish(
+        self, generation_id: str, attempt: int, payloads: list[str], *args: Any, **kwargs: Any
+    ) -> PublishResult:
+        self.n += 1
+        if self.n in self.refuse:
+            raise RedisConnectionError("Connection refused")
+        result = await super().publish(generation_id, attempt, payloads, *args, **kwargs)
+        if self.n in self.lose_reply:
+            raise RedisConnectionError("Connection closed by server.")
+        if self.n in self.hang:
+            await asyncio.Event().wait()
+        return result
+
+
+@pytest.fixture
+def flaky(redis: Redis) -> FlakyGenerations:
+    return FlakyGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60))
+
+
+async def _finish_done(publisher: Publisher, text: str) -> PublishResult:
+    await publisher.settle()
+    return await publisher.finish(events.done(text, "stop", None), "done", {})
+
+
+async def test_write_whose_reply_was_lost_is_repeated_without_a_duplicate(
+    redis: Redis, flaky: FlakyGenerations
+) -> None:
+    generation_id, attempt = await _running(flaky)
+    publisher = Publisher(flaky, generation_id, attempt, 0.0)
+    flaky.lose_reply = {2, 5}  # the second piece's write, and the terminal's first try
+    for piece in ["a", "b", "c"]:
+        await publisher.add("content", piece)
+    assert (await _finish_done(publisher, "abc")).outcome == "written"
+    entries = await read_range(redis, flaky.keys(generation_id).events)
+    folded = fold(entries)
+    assert [json.loads(raw).get("data") for _, raw in entries[:-1]] == ["a", "b", "c"]
+    assert folded.text == "abc"
+    assert [json.loads(raw)["type"] for _, raw in entries].count("done") == 1
+    assert flaky.n == 6  # 3 pieces + one repeat + terminal + its repeat
+
+
+async def test_pieces_wait_in_memory_while_redis_refuses_and_go_out_in_order(
+    redis: Redis, flaky: FlakyGenerations
+) -> None:
+    generation_id, attempt = await _running(flaky)
+    publisher = Publisher(flaky, generation_id, attempt, 0.0)
+    flaky.refuse = {2, 3, 4}
+    pieces = ["one ", "two ", "three ", "four"]
+    for piece in pieces:
+        await publisher.add("content", piece)
+    assert (await _finish_done(publisher, "".join(pieces))).outcome == "written"
+    folded = fold(await read_range(redis, flaky.keys(generation_id).events))
+    assert folded.text == "".join(pieces)
+    assert folded.terminal is not None
+
+
+async def test_write_cancelled_after_redis_applied_it_is_repeated_unchanged(
+    redis: Redis, flaky: FlakyGenerations
+) -> None:
+    generation_id, attempt = await _running(flaky)
+    publisher = Publisher(flaky, generation_id, attempt, 0.0)
+    await publisher.add("content", "a")
+    flaky.hang = {2}
+    stuck = asyncio.ensure_future(publisher.add("content", "b"))
+    while flaky.n < 2:
+        await asyncio.sleep(0.01)
+    stuck.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    assert (await _finish_done(publisher, "ab")).outcome == "written"
+    entries = await read_range(redis, flaky.keys(generation_id).events)
+    assert [json.loads(raw)["type"] for _, raw in entries] == ["content", "content", "done"]
+    assert fold(entries).text == "ab"
+
+
+async def test_writes_never_overlap_even_when_one_outlasts_the_window(redis: Redis, flaky: FlakyGenerations) -> None:
+    generation_id, attempt = await _running(flaky)
+    publisher = Publisher(flaky, generation_id, attempt, 0.001)
+    flaky.refuse = {2, 3, 4, 5}  # the second write takes ~0.75 s of back-off: far longer than the window
+    pieces = [f"{i} " for i in range(50)]
+    for piece in pieces:
+        await publisher.add("content", piece)
+        await asyncio.sleep(0.002)
+    assert (await _finish_done(publisher, "".join(pieces))).outcome == "written"
+    folded = fold(await read_range(redis, flaky.keys(generation_id).events))
+    assert folded.text == "".join(pieces)

@@ -348,3 +348,45 @@ async def test_concurrent_cancel_and_claim_on_queued_end_with_one_terminal(
         state = await generations.get(generation_id)
         assert state is not None
         assert state.status == "cancelled"
+
+
+async def test_repeated_write_with_its_sequence_number_appends_nothing(redis: Redis, generations: Generations) -> None:
+    generation_id, attempt = await _running(generations)
+    first = await generations.publish(generation_id, attempt, [events.content("a"), events.content("b")], seq=1)
+    # Redis applied the write but the reply was lost: the worker sends the very same write again.
+    again = await generations.publish(generation_id, attempt, [events.content("a"), events.content("b")], seq=1)
+    assert again.outcome == "written"
+    assert again.last_id == first.last_id
+    second = await generations.publish(generation_id, attempt, [events.content("c")], seq=2)
+    assert second.outcome == "written"
+    entries = await read_range(redis, generations.keys(generation_id).events)
+    assert [raw for _, raw in entries] == [events.content("a"), events.content("b"), events.content("c")]
+
+
+async def test_repeated_terminal_write_is_acknowledged_not_refused(redis: Redis, generations: Generations) -> None:
+    generation_id, attempt = await _running(generations)
+    await generations.publish(generation_id, attempt, [events.content("a")], seq=1)
+    done = [events.done("a", "stop", None)]
+    ended = await generations.publish(generation_id, attempt, done, "done", seq=2)
+    again = await generations.publish(generation_id, attempt, done, "done", seq=2)
+    assert (ended.outcome, again.outcome) == ("written", "written")
+    assert again.last_id == ended.last_id
+    entries = await read_range(redis, generations.keys(generation_id).events)
+    assert [is_terminal(raw) for _, raw in entries] == [False, True]
+    # A later write of that attempt is still refused: the generation has ended.
+    late = await generations.publish(generation_id, attempt, [events.content("x")], seq=3)
+    assert late.outcome == "finished"
+
+
+async def test_sequence_numbers_start_afresh_with_each_attempt(redis: Redis, generations: Generations) -> None:
+    generation_id, attempt = await _running(generations)
+    for seq in (1, 2, 3):
+        await generations.publish(generation_id, attempt, [events.content(str(seq))], seq=seq)
+    retry = await generations.claim(generation_id)
+    fresh = await generations.publish(generation_id, retry.attempt, [events.reset(retry.attempt, "retry")], seq=1)
+    assert fresh.outcome == "written"
+    # The old attempt repeating its last write is neither appended nor acknowledged: it is stale.
+    stale = await generations.publish(generation_id, attempt, [events.content("3")], seq=3)
+    assert stale.outcome == "stale"
+    entries = await read_range(redis, generations.keys(generation_id).events)
+    assert [json.loads(raw)["type"] for _, raw in entries] == ["content", "content", "content", "reset"]
