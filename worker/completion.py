@@ -15,6 +15,7 @@ from shared import events
 from shared.errors import SAFE_MESSAGES, ErrorCode
 from shared.hooks import GenerationInfo, UnknownHook, call
 from shared.ids import next_stream_id
+from shared.retry import until_redis_answers
 from shared.state import GenerationState, PublishResult, Status
 from shared.store.repository import FinalResult, aware
 from worker.deps import Deps
@@ -69,7 +70,7 @@ async def finish(
     published = await _publish_terminal(publisher, result, text, end)
     if published.outcome != "written":
         return published.outcome
-    await deps.generations.release(state.owner, state.id)
+    await until_redis_answers(lambda: deps.generations.release(state.owner, state.id), f"releasing {state.id}")
     if end.status == "done" and state.request.on_complete:
         await run_on_complete(deps, state.id)
     return end.status

@@ -11,6 +11,7 @@ from shared.config import Settings
 from shared.hooks import HookRegistry
 from shared.state import Generations
 from shared.store.repository import ResultStore
+from worker.lease import Leases
 
 
 @dataclass(slots=True)
@@ -21,3 +22,4 @@ class Deps:
     store: ResultStore
     hooks: HookRegistry
     queue_redis: Redis
+    leases: Leases

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
+
+from arq import Retry
 
 from shared import events
 from shared.errors import ErrorCode
 from shared.hooks import call
+from shared.retry import TRANSIENT, until_redis_answers
 from shared.state import GenerationState
 from shared.tasks import cancel_and_wait
 from worker.completion import Ending, finish, run_on_complete
 from worker.deps import Deps
-from worker.lease import held_lease
 from worker.publisher import Publisher, PublishRefused
 from worker.upstream import Outcome, UpstreamError, stream_pieces
 
@@ -31,12 +32,18 @@ class CancelRequested(Exception):
 async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, str]:
     """arq entry point. Returns a plain dict: no exception object ever reaches an arq result."""
     deps: Deps = ctx["deps"]
-    async with held_lease(deps.queue_redis, ctx["job_id"], deps.settings.job_lease_s):
-        return {"status": await _run(deps, generation_id, int(ctx.get("job_try", 1)))}
+    async with deps.leases.held(ctx["job_id"]):
+        status = await _run(deps, generation_id, int(ctx.get("job_try", 1)))
+    if status == "stale":
+        # A newer attempt runs elsewhere (this one's lease lapsed). Keep the arq job queued, deferred past a
+        # lease renewal, so that it stays the newer attempt's crash insurance instead of being deleted.
+        raise Retry(defer=deps.settings.job_lease_s * 2)
+    return {"status": status}
 
 
 async def _run(deps: Deps, generation_id: str, job_try: int) -> str:
-    claim = await deps.generations.claim(generation_id)
+    # Repeating a claim whose reply was lost only skips an attempt number.
+    claim = await until_redis_answers(lambda: deps.generations.claim(generation_id), f"claiming {generation_id}")
     if claim.outcome == "terminal":
         # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed.
         await run_on_complete(deps, generation_id)
@@ -131,9 +138,14 @@ class Attempt:
     async def _watch_cancel(self) -> None:
         # Every write's reply carries the cancel flag; polling only covers a provider that has gone quiet.
         interval = self.deps.settings.cancel_poll_s
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            if time.monotonic() - self.publisher.last_write_at < interval:
+            if loop.time() - self.publisher.last_write_at < interval:
                 continue
-            if await self.deps.generations.cancel_requested(self.state.id):
+            try:
+                requested = await self.deps.generations.cancel_requested(self.state.id)
+            except TRANSIENT:
+                continue  # Redis is away: the writes are waiting for it too
+            if requested:
                 raise CancelRequested

@@ -1,7 +1,9 @@
-"""The running job's lease: arq's in-progress key shortened to JOB_LEASE_S and renewed while the job runs.
+"""The running jobs' leases: arq's in-progress keys shortened to JOB_LEASE_S, renewed by one task per worker.
 
 arq keeps that key for the job timeout + 10 s, so a SIGKILLed worker's job would wait that long before another
-worker retries it. With a short renewed lease, another worker takes over seconds after a crash.
+worker retries it. With a short renewed lease, another worker takes over seconds after a crash. One renewal
+task per process, one pipelined round trip for all its jobs: a loop busy with thousands of streams renews as
+cheaply as an idle one.
 """
 
 from __future__ import annotations
@@ -13,28 +15,60 @@ from collections.abc import AsyncIterator
 
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from shared.retry import TRANSIENT
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("sse_relay.worker")
 
 
-@contextlib.asynccontextmanager
-async def held_lease(redis: Redis, job_id: str, lease_s: float) -> AsyncIterator[None]:
-    key = in_progress_key_prefix + job_id
-    lease_ms = int(lease_s * 1000)
+class Leases:
+    """The leases of the jobs this process runs."""
 
-    async def renew() -> None:
+    def __init__(self, redis: Redis, lease_s: float) -> None:
+        self._redis = redis
+        self._lease_ms = int(lease_s * 1000)
+        self._interval_s = lease_s / 3
+        self._held: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._renew_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+
+    @contextlib.asynccontextmanager
+    async def held(self, job_id: str) -> AsyncIterator[None]:
+        self._held.add(job_id)
+        try:
+            # At once: arq set the key for the whole job timeout; from here a crash costs one lease.
+            with contextlib.suppress(*TRANSIENT):
+                await self._renew([job_id])
+            yield
+        finally:
+            self._held.discard(job_id)
+
+    async def _renew_forever(self) -> None:
+        failing = False  # log an outage once, not every renewal
         while True:
+            await asyncio.sleep(self._interval_s)
+            if not self._held:
+                continue
             try:
-                await redis.pexpire(key, lease_ms)
-            except RedisError as exc:  # keep trying: the job itself decides whether Redis is gone
-                log.warning("lease renewal for %s failed: %s", job_id, type(exc).__name__)
-            await asyncio.sleep(lease_s / 3)
+                await self._renew(list(self._held))
+            except TRANSIENT as exc:  # keep trying: the jobs ride out the outage on their own
+                if not failing:
+                    log.warning("lease renewal for %d jobs failed: %s; retrying", len(self._held), type(exc).__name__)
+                failing = True
+            else:
+                failing = False
 
-    task = asyncio.ensure_future(renew())
-    try:
-        yield
-    finally:
-        await cancel_and_wait(task)
+    async def _renew(self, job_ids: list[str]) -> None:
+        # SET, not PEXPIRE: a lease that lapsed while Redis was away comes back, so the job's queue entry
+        # stays covered and no second copy starts while this one is alive.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.set(in_progress_key_prefix + job_id, b"1", px=self._lease_ms)
+            await pipe.execute()

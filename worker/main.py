@@ -24,13 +24,15 @@ from shared.store.db import make_engine
 from shared.store.migrate import upgrade
 from shared.store.repository import ResultStore
 from shared.tasks import cancel_and_wait
-from worker import wakeup
+from worker import resilience, wakeup
 from worker.completion import run_on_complete
 from worker.deps import Deps
 from worker.job import run_generation
+from worker.lease import Leases
 from worker.upstream import make_client
 
 wakeup.install()
+resilience.install()
 # uvicorn runs the API on uvloop; the worker gets the same loop (arq would use the default one).
 uvloop.install()
 
@@ -49,6 +51,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     wake_redis = Redis.from_url(_settings.redis_url, socket_timeout=None)
     ctx["wake_redis"] = wake_redis
     ctx["wake_task"] = asyncio.ensure_future(wakeup.listen(wake_redis, wake_key(_settings.key_prefix)))
+    leases = Leases(ctx["redis"], _settings.job_lease_s)
+    leases.start()
     ctx["deps"] = Deps(
         settings=_settings,
         generations=Generations(redis, _settings),
@@ -56,6 +60,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         store=ResultStore(engine),
         hooks=load_registry(_settings.hook_modules, _settings.hooks),
         queue_redis=ctx["redis"],
+        leases=leases,
     )
     log.info(
         "worker ready: model=%s base_url=%s max_jobs=%d hooks=%d",
@@ -74,6 +79,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     deps: Deps | None = ctx.get("deps")
     if deps is None:
         return
+    await deps.leases.stop()
     await deps.client.close()
     await deps.generations.redis.aclose()
     await deps.store.engine.dispose()
@@ -116,7 +122,9 @@ class WorkerSettings:
     cron_jobs: ClassVar[list[Any]] = [cron(sweep, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True)]
     on_startup = startup
     on_shutdown = shutdown
+    # A worker started while Redis is away waits for it (a minute) instead of exiting after arq's 5 s.
     redis_settings = RedisSettings.from_dsn(_settings.redis_url)
+    redis_settings.conn_retries = 60
     queue_name = _settings.queue_name
     health_check_key = worker_health_key(_settings.key_prefix)
     # LLM calls are I/O-bound: one process holds hundreds of concurrent generations.

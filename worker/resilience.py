@@ -1,0 +1,84 @@
+"""arq's poll loop made to ride out a Redis outage, and never to run a second copy of a job in one process.
+
+arq's `Worker.main` lets any Redis error of a poll iteration escape, and the worker process exits. Its
+generations in flight are alive and waiting for Redis (their writes retry): the loop must live too. arq builds
+its Worker itself from the settings class, so the seam is the two methods, patched at import of worker.main.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from arq.worker import Worker
+
+from shared.retry import TRANSIENT
+
+log = logging.getLogger("sse_relay.worker")
+
+_FIRST_PAUSE_S = 0.1
+_MAX_PAUSE_S = 2.0
+_LOG_EVERY_S = 5.0
+
+
+class _Outage:
+    """Back-off and log throttling for one worker's poll loop while Redis is away."""
+
+    def __init__(self) -> None:
+        self.pause_s = _FIRST_PAUSE_S
+        self.since: float | None = None
+        self.last_log = 0.0
+
+    async def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.last_log >= _LOG_EVERY_S:
+            waited = now - self.since
+            log.warning("Redis unavailable for %.1f s (%s); the worker keeps polling", waited, type(exc).__name__)
+            self.last_log = now
+        await asyncio.sleep(self.pause_s)
+        self.pause_s = min(self.pause_s * 2, _MAX_PAUSE_S)
+
+    def answered(self) -> None:
+        if self.since is not None:
+            log.info("Redis is back after %.1f s", time.monotonic() - self.since)
+        self.pause_s, self.since = _FIRST_PAUSE_S, None
+
+
+_PollIteration = Callable[[Worker], Coroutine[Any, Any, None]]
+_StartJobs = Callable[[Worker, list[bytes]], Coroutine[Any, Any, None]]
+
+
+def _resilient(poll_iteration: _PollIteration) -> _PollIteration:
+    async def wrapper(self: Worker) -> None:
+        outage: _Outage = self.__dict__.setdefault("_sse_relay_outage", _Outage())
+        try:
+            await poll_iteration(self)
+        except TRANSIENT as exc:
+            # Also a finished job's book-keeping (arq re-raises run_job's errors here): the job stays queued,
+            # and its next run finds the generation ended and only finishes the book-keeping.
+            await outage.failed(exc)
+        else:
+            outage.answered()
+
+    return wrapper
+
+
+def _once_per_process(start_jobs: _StartJobs) -> _StartJobs:
+    async def wrapper(self: Worker, job_ids: list[bytes]) -> None:
+        # A lease that lapsed while Redis was away lets this very worker pick its own running job up again;
+        # arq would then start a second copy and lose track of the first (its job_tasks is keyed by job id).
+        running = {job_id for job_id, task in self.tasks.items() if not task.done()}
+        await start_jobs(self, [job_id for job_id in job_ids if job_id.decode() not in running])
+
+    return wrapper
+
+
+def install() -> None:
+    if not getattr(Worker, "_sse_relay_patched", False):
+        Worker._poll_iteration = _resilient(Worker._poll_iteration)  # type: ignore[method-assign,assignment]
+        Worker.start_jobs = _once_per_process(Worker.start_jobs)  # type: ignore[method-assign,assignment]
+        Worker._sse_relay_patched = True  # type: ignore[attr-defined]
