@@ -12,6 +12,7 @@ from its resume point up to K it reads itself with XRANGE. Anything it receives 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import AsyncIterator
@@ -169,9 +170,11 @@ class StreamHub:
             try:
                 batch = await asyncio.wait_for(subscriber.queue.get(), idle_s)
             except TimeoutError:
-                # Nothing for a while: stop following a generation that no longer exists.
-                if not await self.streams.exists(keys.state):
-                    return
+                # Nothing for a while: stop following a generation that no longer exists. While Redis is
+                # away that is unknown: keep the client (pings keep it open) and read on once it is back.
+                with contextlib.suppress(RedisError, OSError):
+                    if not await self.streams.exists(keys.state):
+                        return
                 continue
             fresh = [entry for entry in batch if _before(last, entry[0])]
             if not fresh:

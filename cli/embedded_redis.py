@@ -44,16 +44,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_embedded_redis(port: int, wait_s: float = 10.0) -> subprocess.Popen[bytes]:
-    """Start redis-server on 127.0.0.1:`port` with no persistence; returns once it answers PING."""
-    workdir = tempfile.mkdtemp(prefix="sse-relay-redis-")
+def start_embedded_redis(port: int, wait_s: float = 10.0, data_dir: str | None = None) -> subprocess.Popen[bytes]:
+    """Start redis-server on 127.0.0.1:`port`; returns once it answers PING.
+
+    No persistence, unless `data_dir` is given: then every write is in its append-only file before Redis
+    answers it, and a server started again on the same `data_dir` has all of it (the outage tests).
+    """
+    workdir = data_dir or tempfile.mkdtemp(prefix="sse-relay-redis-")
+    appendonly = ["--appendonly", "yes", "--appendfsync", "always"] if data_dir else ["--appendonly", "no"]
     process = subprocess.Popen(  # noqa: S603 - a fixed binary from an installed package
         [
             redis_executable(),
             "--bind", "127.0.0.1",
             "--port", str(port),
             "--save", "",
-            "--appendonly", "no",
+            *appendonly,
             "--dir", workdir,
             "--loglevel", "warning",
         ],

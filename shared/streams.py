@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from shared.redis_client import StreamsRedis
+from shared.retry import until_redis_answers
 
 Entry = tuple[str, str]  # (stream entry id, event JSON)
 
@@ -42,9 +44,11 @@ async def follow(
     """
     last = after
     while True:
-        response = await redis.xread({key: last}, count=1000, block=block_ms)
+        # While Redis is away the client waits (its pings go on) and reads on from `last` once it is back.
+        read = functools.partial(redis.xread, {key: last}, count=1000, block=block_ms)
+        response = await until_redis_answers(read, key)
         if not response:
-            if not await redis.exists(state_key):
+            if not await until_redis_answers(lambda: redis.exists(state_key), key):
                 return
             continue
         batch = _entries(response[0][1])
