@@ -45,10 +45,12 @@ class _Followed:
 class _Shard:
     """One reader task and its connection, for the keys that hash to this shard."""
 
-    def __init__(self, url: str, block_ms: int) -> None:
+    def __init__(self, url: str, block_ms: int, control: Redis) -> None:
         # A dedicated connection: the blocking XREAD holds it, and CLIENT UNBLOCK needs its id.
         self.reader = Redis.from_url(url, decode_responses=True, single_connection_client=True, socket_timeout=None)
-        self.control = Redis.from_url(url, decode_responses=True, socket_timeout=5)
+        # CLIENT UNBLOCK is one short command: it borrows from the process's bounded pool, not a connection
+        # of its own per shard.
+        self.control = control
         self.block_ms = block_ms
         self.followed: dict[str, _Followed] = {}
         self.version = 0
@@ -117,7 +119,7 @@ class StreamHub:
     def __init__(self, settings: Settings, streams: Redis, shards: int) -> None:
         self.settings = settings
         self.streams = streams
-        self.shards = [_Shard(settings.streams_url, settings.sse_read_block_ms) for _ in range(shards)]
+        self.shards = [_Shard(settings.streams_url, settings.sse_read_block_ms, streams) for _ in range(shards)]
 
     def start(self) -> None:
         for shard in self.shards:
@@ -128,7 +130,6 @@ class StreamHub:
         await cancel_and_wait(*tasks)
         for shard in self.shards:
             await shard.reader.aclose()
-            await shard.control.aclose()
 
     def _shard(self, key: str) -> _Shard:
         return self.shards[zlib.crc32(key.encode()) % len(self.shards)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from api.deps import Services
@@ -10,19 +9,22 @@ from api.enqueue import Enqueuer
 from api.stream_hub import StreamHub
 from shared.config import Settings
 from shared.hooks import load_registry
-from shared.redis_client import streams_client
+from shared.redis_client import queue_client, streams_client
 from shared.state import Generations
 from shared.store.db import make_engine
 from shared.store.migrate import upgrade
 from shared.store.repository import ResultStore
 
+# Bounded pools: a burst of requests waits for a connection instead of opening one per concurrent command.
+# Every command the API sends is one short round trip (the blocking reads have their own connections), and
+# one event loop cannot keep more than a few in flight usefully; so a handful per process, whatever the load.
+STREAMS_CONNECTIONS = 4
+QUEUE_CONNECTIONS = 2
+
 
 async def open_services(settings: Settings, migrate: bool | None = None) -> Services:
-    streams = streams_client(settings)
-    # retry=0: a Redis that is down must not stop the API from starting (/readyz reports it).
-    queue = await create_pool(
-        RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name, retry=0
-    )
+    streams = streams_client(settings, max_connections=STREAMS_CONNECTIONS)
+    queue = queue_client(settings, settings.queue_name, QUEUE_CONNECTIONS)
     engine = make_engine(settings.database_url)
     if settings.auto_migrate if migrate is None else migrate:
         await upgrade(engine)

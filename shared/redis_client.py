@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from arq.connections import ArqRedis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from shared.config import Settings
 
 StreamsRedis = Redis | RedisCluster
+# How long a command waits for a free connection of a bounded pool before it fails (ConnectionError).
+POOL_TIMEOUT_S = 10.0
 
 
-def streams_client(settings: Settings, **options: Any) -> StreamsRedis:
-    """A client for generation streams; `socket_timeout` must outlive the longest blocking XREAD."""
+def streams_client(settings: Settings, max_connections: int | None = None, **options: Any) -> StreamsRedis:
+    """A client for generation streams; `socket_timeout` must outlive the longest blocking XREAD.
+
+    `max_connections`: a bounded pool whose commands wait for a free connection instead of opening
+    another, so a burst of requests cannot open dozens of connections (the API). None: redis-py's
+    default pool, which opens one per concurrent command (the worker, whose writes must not queue).
+    A Cluster client keeps its own per-node pools either way.
+    """
     kwargs: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": settings.sse_read_block_ms / 1000 + 10,
@@ -24,4 +33,21 @@ def streams_client(settings: Settings, **options: Any) -> StreamsRedis:
     url = settings.streams_url
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         return cast(RedisCluster, RedisCluster.from_url(url.replace("+cluster", "", 1), **kwargs))
+    if max_connections is not None:
+        return Redis.from_pool(bounded_pool(url, max_connections, **kwargs))
     return cast(Redis, Redis.from_url(url, **kwargs))
+
+
+def bounded_pool(url: str, max_connections: int, **kwargs: Any) -> BlockingConnectionPool:
+    """At most `max_connections` connections; a command waits up to POOL_TIMEOUT_S for one."""
+    return BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=POOL_TIMEOUT_S, **kwargs)
+
+
+def queue_client(settings: Settings, queue_name: str, max_connections: int) -> ArqRedis:
+    """arq's client for enqueueing, on a bounded pool; connects lazily, so a Redis that is down does not
+    stop the process from starting (/readyz reports it)."""
+    pool = bounded_pool(settings.redis_url, max_connections, socket_connect_timeout=5, socket_timeout=10)
+    client = ArqRedis(pool, default_queue_name=queue_name)
+    # Its own pool, so closing the client closes the pool (as arq's create_pool does).
+    client.auto_close_connection_pool = True
+    return client
