@@ -21,9 +21,21 @@ from shared.streams import fold, read_range
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
 }
-_SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "Server-Sent Events"}
+# One event of the stream (OpenAPI 3.2's itemSchema, as FastAPI documents its own SSE routes): an id and one
+# JSON `data` line whose `type` is one of the event types (shared/events.py).
+_EVENT_TYPES = ["content", "reasoning", "reset", "done", "error"]
+_EVENT_DATA = {"type": "object", "required": ["type"], "properties": {"type": {"enum": _EVENT_TYPES}}}
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["id", "data"],
+    "properties": {
+        "id": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _EVENT_DATA},
+    },
+}
+_SSE = {"content": {"text/event-stream": {"itemSchema": _SSE_EVENT}}, "description": "Server-Sent Events"}
 # The body is read by our own dependency (so text/plain JSON works); document it as FastAPI would.
 # api.main adds GenerationCreate and its sub-models to the components.
 _REQUEST_BODY = {
