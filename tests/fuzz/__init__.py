@@ -1,0 +1,1 @@
+"""Fuzz tests: schemathesis drives the running API from its own OpenAPI document."""
