@@ -14,10 +14,14 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from arq.worker import Worker
+from redis.exceptions import WatchError
 
 from shared.retry import TRANSIENT
 
 log = logging.getLogger("sse_relay.worker")
+
+# redis-py reports a connection lost during arq's WATCH (start_jobs) as a WatchError.
+_POLL_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, WatchError)
 
 _FIRST_PAUSE_S = 0.1
 _MAX_PAUSE_S = 2.0
@@ -57,7 +61,7 @@ def _resilient(poll_iteration: _PollIteration) -> _PollIteration:
         outage: _Outage = self.__dict__.setdefault("_sse_relay_outage", _Outage())
         try:
             await poll_iteration(self)
-        except TRANSIENT as exc:
+        except _POLL_ERRORS as exc:
             # Also a finished job's book-keeping (arq re-raises run_job's errors here): the job stays queued,
             # and its next run finds the generation ended and only finishes the book-keeping.
             await outage.failed(exc)
@@ -72,7 +76,18 @@ def _once_per_process(start_jobs: _StartJobs) -> _StartJobs:
         # A lease that lapsed while Redis was away lets this very worker pick its own running job up again;
         # arq would then start a second copy and lose track of the first (its job_tasks is keyed by job id).
         running = {job_id for job_id, task in self.tasks.items() if not task.done()}
-        await start_jobs(self, [job_id for job_id in job_ids if job_id.decode() not in running])
+        for job_id in job_ids:
+            if job_id.decode() in running:
+                continue
+            # One at a time, so a Redis error mid-start can give back the slot arq took for that job.
+            counter, task = self.job_counter, self.tasks.get(job_id.decode())
+            try:
+                await start_jobs(self, [job_id])
+            except _POLL_ERRORS:
+                if self.job_counter > counter and self.tasks.get(job_id.decode()) is task:
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
 
     return wrapper
 
