@@ -103,15 +103,15 @@ async def _publish_terminal(publisher: Publisher, result: FinalResult, text: str
     return await publisher.finish(payload, end.status, fields, result.terminal_event_id)
 
 
-async def run_on_complete(deps: Deps, generation_id: str) -> None:
+async def run_on_complete(deps: Deps, generation_id: str, takeover_after: timedelta | None = None) -> None:
     """Runs the hook if it still has to run: exactly once per `done` generation, whichever attempt gets here.
 
     The claim in the store makes concurrent or repeated calls safe; a worker that dies mid-hook leaves a
-    `running` claim that another worker may take over after HOOK_TIMEOUT_S (at-least-once in that window:
-    hooks get the generation id to make that idempotent).
+    `running` claim that another worker may take over after 2 x HOOK_TIMEOUT_S, or after `takeover_after`
+    (at-least-once in that window: hooks get the generation id to make that idempotent).
     """
     settings = deps.settings
-    lease = timedelta(seconds=settings.hook_timeout_s * 2)
+    lease = takeover_after or timedelta(seconds=settings.hook_timeout_s * 2)
     for _ in range(settings.hook_max_attempts):
         claimed = await deps.store.claim_hook(generation_id, settings.hook_max_attempts, lease)
         if claimed is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 from arq import Retry
@@ -45,8 +46,12 @@ async def _run(deps: Deps, generation_id: str, job_try: int) -> str:
     # Repeating a claim whose reply was lost only skips an attempt number.
     claim = await until_redis_answers(lambda: deps.generations.claim(generation_id), f"claiming {generation_id}")
     if claim.outcome == "terminal":
-        # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed.
-        await run_on_complete(deps, generation_id)
+        # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed. A hook
+        # runs under its job's lease; this job running again means that lease lapsed, so a `running` claim
+        # older than the time from a renewal to the lease's end (>= 2/3 of it; half, for clock skew) was
+        # made by a worker that is gone.
+        lapsed = timedelta(seconds=deps.settings.job_lease_s / 2) if job_try > 1 else None
+        await run_on_complete(deps, generation_id, lapsed)
         return "terminal"
     state = claim.state
     if state is None:
