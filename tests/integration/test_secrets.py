@@ -5,40 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from redis.asyncio import Redis
 
+from tests.support.scan import redis_dump
 from tests.support.sse import read_events
 from tests.support.stack import Stack
 
 # The fake provider echoes the caller's Authorization header in its 401/403 messages, as hostile as it gets.
 HOSTILE = ["status-401", "status-403", "status-500@retry_after_ms=10", "cut", "malformed", "demo"]
-
-
-async def _redis_dump(redis_url: str) -> bytes:
-    """Every key and value in the test database, raw bytes, whatever the type."""
-    redis = Redis.from_url(redis_url)
-    chunks: list[bytes] = []
-    try:
-        async for key in redis.scan_iter(count=1000):
-            chunks.append(key)
-            kind = (await redis.type(key)).decode()
-            if kind == "string":
-                chunks.append(await redis.get(key) or b"")
-            elif kind == "hash":
-                for field, value in (await redis.hgetall(key)).items():
-                    chunks += [field, value]
-            elif kind == "stream":
-                for _, fields in await redis.xrange(key):
-                    chunks += [b for pair in fields.items() for b in pair]
-            elif kind == "zset":
-                chunks += await redis.zrange(key, 0, -1)
-            elif kind == "list":
-                chunks += await redis.lrange(key, 0, -1)
-            elif kind == "set":
-                chunks += list(await redis.smembers(key))
-    finally:
-        await redis.aclose()
-    return b"\n".join(chunks)
 
 
 async def test_provider_key_appears_in_no_event_log_or_redis_value(client: httpx.AsyncClient, stack: Stack) -> None:
@@ -63,7 +36,7 @@ async def test_provider_key_appears_in_no_event_log_or_redis_value(client: httpx
     assert secret not in logs
     assert "Bearer sk-" not in logs
 
-    dump = await _redis_dump(stack.env["REDIS_URL"])
+    dump = await redis_dump(stack.env["REDIS_URL"])
     assert stack.prefix.encode() in dump, "the scan must see this stack's keys"
     assert b"arq:result:" in dump, "arq results must be part of the scan"
     assert secret.encode() not in dump
