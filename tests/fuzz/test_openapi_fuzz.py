@@ -11,6 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from schemathesis import Case, GenerationMode, checks
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
@@ -71,6 +72,14 @@ OPERATIONS = [
     for method in item
     if method in ("get", "post", "put", "patch", "delete")
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hypothesis_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # database=None keeps no examples, but Hypothesis still caches constants and Unicode tables in ./.hypothesis.
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+    yield
+    set_hypothesis_home_dir(None)
 
 
 @pytest.fixture(scope="module")
