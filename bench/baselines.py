@@ -111,13 +111,25 @@ def _int_param(request: StarletteRequest, name: str, default: int, high: int) ->
     return max(0, min(value, high))
 
 
+# Start gates: a stream asked with `gate=R` sends nothing until POST /open?gate=R, so every client can be
+# connected before the first event (as with the relay, whose producer starts once all clients are in).
+_gates: dict[int, asyncio.Event] = {}
+
+
+def _gate(number: int) -> asyncio.Event:
+    return _gates.setdefault(number, asyncio.Event())
+
+
 async def memory_stream(request: StarletteRequest) -> Response:
     count = _int_param(request, "n", 50, _MAX_EVENTS)
     size = max(1, _int_param(request, "size", 8, 65536))
     delay_s = _int_param(request, "delay_ms", 20, 600_000) / 1000
+    gate = _int_param(request, "gate", 0, 1_000_000)
     piece = ("abcdefgh" * (size // 8 + 1))[:size]
 
     async def events() -> AsyncIterator[bytes]:
+        if gate:
+            await _gate(gate).wait()
         # Ids shaped like Redis stream ids, so frames have the relay's size.
         base_ms = int(time.time() * 1000)
         content = {"type": "content", "data": piece}
@@ -134,6 +146,15 @@ async def memory_health(request: StarletteRequest) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def memory_open(request: StarletteRequest) -> Response:
+    _gate(_int_param(request, "gate", 0, 1_000_000)).set()
+    return JSONResponse({"status": "open"})
+
+
 memory_app = Starlette(
-    routes=[Route("/stream", memory_stream, methods=["GET"]), Route("/healthz", memory_health, methods=["GET"])]
+    routes=[
+        Route("/stream", memory_stream, methods=["GET"]),
+        Route("/open", memory_open, methods=["POST"]),
+        Route("/healthz", memory_health, methods=["GET"]),
+    ]
 )

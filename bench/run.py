@@ -22,7 +22,15 @@ RESULTS_DIR = ROOT / "bench" / "results"
 # Smoke runs never overwrite the committed report and results.
 QUICK_DIR = OUT / "quick"
 # A scenario that overruns this is stopped (its processes too): `make bench` must end by itself.
-SCENARIO_LIMIT_S = {"ttft": 300, "idle_cpu": 120, "throughput": 360, "curve": 780, "many_clients": 600}
+SCENARIO_LIMIT_S = {
+    "ttft": 300,
+    "idle_cpu": 120,
+    "throughput": 360,
+    "curve": 780,
+    "many_clients": 600,
+    "delivery": 600,
+    "redis_cost": 300,
+}
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

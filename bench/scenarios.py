@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
 import re
+import signal
+import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import redis
 
 from bench.procfs import (
+    MonitorCounter,
     calls_delta,
     cpu_seconds,
     median,
@@ -27,7 +33,12 @@ from bench.procfs import (
     tcp_connections,
 )
 from bench.sseclient import Request, Stream, fetch
-from bench.stack import BenchStack, bench_stack, host_port, redis_port
+from bench.stack import ROOT, BenchStack, bench_stack, host_port, redis_port
+from shared.config import Settings
+from shared.ids import new_generation_id
+from shared.jobs import StoredRequest
+from shared.redis_client import streams_client
+from shared.state import Generations
 
 Result = dict[str, Any]
 # Text the fake upstream echoes back; ASCII so that characters = bytes and every chunk has the same size.
@@ -42,6 +53,8 @@ _SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_
 _PROBLEM = re.compile(r"Traceback|\b(WARNING|ERROR|CRITICAL)\b|Exception|exited unexpectedly|Too many open files")
 _GENERATION_ID = re.compile(r"gen_[0-9a-f]{8,}")
 _DIGITS = re.compile(r"\d+")
+# The caller every request is when auth is off (api.deps.ANONYMOUS); the bench runs without API keys.
+ANONYMOUS_CALLER = "anonymous"
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,17 @@ class Plan:
     chunks: int = 50
     chunk_size: int = 8
     delay_ms: int = 20
+    # delivery: the API alone, fed by bench.producer (SPEC 7's "one API process delivers events").
+    delivery_streams: int = 1000
+    delivery_rounds: int = 3
+    delivery_max_events: int = 200
+    delivery_max_per_call: int = 10
+    # redis_cost: a fast provider (a 4-char token every 10 ms per stream) through the worker.
+    cost_streams: int = 10
+    cost_chunk: int = 4
+    cost_delay_ms: int = 10
+    cost_tokens: int = 300
+    cost_windows: tuple[float, ...] = (0.0, 25.0, 50.0, 100.0)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -79,6 +103,10 @@ class Plan:
             many_generations=4,
             many_per_generation=100,
             many_delay_ms=1000,
+            delivery_streams=100,
+            delivery_rounds=1,
+            cost_streams=5,
+            cost_windows=(50.0,),
         )
 
 
@@ -243,7 +271,7 @@ class Sampler:
 
 def relay_pids(stack: BenchStack) -> dict[str, int]:
     """The relay's processes, this client process and, when it runs here, the Redis server: who uses the CPU."""
-    pids = {name: stack.pid(name) for name in ("api", "worker", "upstream")}
+    pids = {name: stack.pid(name) for name in ("api", "worker", "upstream") if stack.has(name)}
     pids["client"] = os.getpid()
     client = _redis(stack)
     try:
@@ -692,6 +720,316 @@ async def many_clients(plan: Plan) -> Result:
     }
 
 
+@contextlib.asynccontextmanager
+async def profiled(pid: int, output: Path) -> AsyncIterator[None]:
+    """With BENCH_PROFILE=1, py-spy samples `pid` meanwhile (collapsed stacks, for flame graphs or grep)."""
+    if not os.environ.get("BENCH_PROFILE"):
+        yield
+        return
+    installed = Path(sys.executable).parent / "py-spy"
+    command = [str(installed) if installed.exists() else "py-spy", "record", "--pid", str(pid), "--rate", "250"]
+    command += ["--format", "raw", "--output", str(output)]
+    spy = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    await asyncio.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        await asyncio.wait_for(spy.wait(), 30)
+        progress(f"profile of pid {pid}: {output}")
+
+
+async def _connect_all(
+    requests: list[Request], record_times: bool, max_seconds: float, deadline_s: float = 120.0
+) -> tuple[list[Stream], list[asyncio.Task[Stream]], float]:
+    """Opens every request and waits until each has its response headers (or ended); -> streams, tasks, seconds."""
+    limit = asyncio.Semaphore(CONNECT_LIMIT)
+    streams = [Stream(record_times=record_times) for _ in requests]
+    started = time.monotonic()
+    tasks = [
+        asyncio.ensure_future(fetch(r, s, max_seconds=max_seconds, connect_limit=limit))
+        for r, s in zip(requests, streams, strict=True)
+    ]
+    while time.monotonic() < started + deadline_s:
+        if all(s.headers_at is not None or s.ended is not None for s in streams):
+            break
+        await asyncio.sleep(0.05)
+    return streams, tasks, time.monotonic() - started
+
+
+def _gated_summary(streams: list[Stream], gate: float, expected_chars: int, chunk: int) -> Result:
+    """Delivery after a start gate: all clients were connected, then every stream started at `gate`."""
+    good = [s for s in streams if s.ok and s.content_chars == expected_chars]
+    ends = [s.terminal_at or s.last_event_at for s in streams if s.last_event_at is not None]
+    wall = max(ends) - gate if ends else float("nan")
+    content_events = sum(s.content_events for s in streams)
+    tokens = sum(s.content_chars for s in streams) / chunk
+    firsts = [(s.first_content_at - gate) * 1000 for s in streams if s.first_content_at is not None]
+    return {
+        "streams": len(streams),
+        "ok": len(good),
+        "failed": len(streams) - len(good),
+        "errors": _error_sample(streams, expected_chars),
+        "wall_s": wall,
+        "content_events": content_events,
+        "tokens": tokens,
+        "events_per_s": content_events / wall if wall > 0 else float("nan"),
+        "tokens_per_s": tokens / wall if wall > 0 else float("nan"),
+        "first_event_ms_p50": percentile(firsts, 50),
+        "first_event_ms_p99": percentile(firsts, 99),
+    }
+
+
+async def _create_generations(stack: BenchStack, n: int) -> list[str]:
+    """n generations created and claimed (attempt 1, running) with the service's own code, as the API and the
+    worker would; the producer then writes their events."""
+    settings = Settings(
+        redis_url=stack.redis_url, key_prefix=stack.prefix, finished_ttl_s=int(stack.env["FINISHED_TTL_S"])
+    )
+    redis_client = streams_client(settings, max_connections=8)
+    generations = Generations(redis_client, settings)
+    request = StoredRequest(messages=[{"role": "user", "content": "bench"}], model="demo")
+    ids = [new_generation_id() for _ in range(n)]
+
+    async def one(generation_id: str) -> None:
+        await generations.create(generation_id, request, {}, ANONYMOUS_CALLER)
+        claim = await generations.claim(generation_id)
+        if claim.outcome != "ok" or claim.attempt != 1:
+            raise RuntimeError(f"claim of {generation_id}: {claim.outcome}")
+
+    try:
+        for start in range(0, n, 100):
+            await asyncio.gather(*(one(i) for i in ids[start : start + 100]))
+    finally:
+        await redis_client.aclose()
+    return ids
+
+
+async def _relay_delivery_round(
+    stack: BenchStack, pids: dict[str, int], n: int, count: int, size: int, delay_ms: int, per_call: int, tag: str
+) -> Result:
+    ids = await _create_generations(stack, n)
+    ids_file = stack.logdir / f"ids-{tag}.json"
+    out_file = stack.logdir / f"producer-{tag}.json"
+    ids_file.write_text(json.dumps(ids))
+    args = ["--ids", str(ids_file), "--out", str(out_file), "--events", str(count), "--size", str(size)]
+    args += ["--delay-ms", str(delay_ms), "--per-call", str(per_call)]
+    log = (stack.logdir / f"producer-{tag}.log").open("w")
+    producer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.producer", *args,
+        cwd=ROOT, env=stack.env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+    )  # fmt: skip
+    try:
+        assert producer.stdin is not None and producer.stdout is not None
+        ready = await asyncio.wait_for(producer.stdout.readline(), 60)
+        if ready.strip() != b"ready":
+            raise RuntimeError(f"producer did not start: {ready!r}")
+        host, port = host_port(stack.api_url)
+        requests = [Request.get(host, port, f"/v1/generations/{i}/events") for i in ids]
+        max_seconds = 120 + count * delay_ms / 1000
+        streams, tasks, connect_s = await _connect_all(requests, delay_ms > 0, max_seconds)
+        connected = sum(1 for s in streams if s.status == 200)
+        await asyncio.sleep(0.5)  # the hub's readers have every key before the first event
+        all_pids = {**pids, "producer": producer.pid}
+        async with (
+            profiled(pids["api"], stack.logdir / f"api-profile-{tag}.txt"),
+            Sampler(all_pids, ("api",), redis_port(stack.redis_url)) as sampler,
+        ):
+            gate = time.perf_counter()
+            producer.stdin.write(b"go\n")
+            await producer.stdin.drain()
+            await asyncio.gather(*tasks)
+        await asyncio.wait_for(producer.wait(), 60)
+        produced = json.loads(out_file.read_text()) if out_file.exists() else {}
+    finally:
+        if producer.returncode is None:
+            producer.kill()
+            await producer.wait()
+        log.close()
+    summary = _gated_summary(streams, gate, count * size, size)
+    summary.update(connected=connected, connect_s=connect_s, producer=produced, processes=sampler.report())
+    if delay_ms:
+        gaps = Batch(streams, count * size, size, delay_ms).token_latencies_ms()
+        summary["token_latency_ms_p99"] = percentile(gaps, 99)
+    return summary
+
+
+async def _memory_delivery_round(
+    stack: BenchStack, pid: int, n: int, count: int, size: int, delay_ms: int, gate_number: int
+) -> Result:
+    host, port = host_port(stack.memory_url)
+    path = f"/stream?n={count}&size={size}&delay_ms={delay_ms}&gate={gate_number}"
+    max_seconds = 120 + count * delay_ms / 1000
+    streams, tasks, connect_s = await _connect_all([Request.get(host, port, path)] * n, delay_ms > 0, max_seconds)
+    connected = sum(1 for s in streams if s.status == 200)
+    await asyncio.sleep(0.5)
+    async with Sampler({"memory": pid, "client": os.getpid()}, (), redis_port(stack.redis_url)) as sampler:
+        gate = time.perf_counter()
+        opened = await fetch(Request.post_json(host, port, f"/open?gate={gate_number}", {}), keep_body=True)
+        if opened.status != 200:
+            raise RuntimeError(f"memory gate did not open: {opened.error}")
+        await asyncio.gather(*tasks)
+    summary = _gated_summary(streams, gate, count * size, size)
+    summary.update(connected=connected, connect_s=connect_s, processes=sampler.report())
+    if delay_ms:
+        gaps = Batch(streams, count * size, size, delay_ms).token_latencies_ms()
+        summary["token_latency_ms_p99"] = percentile(gaps, 99)
+    return summary
+
+
+@dataclass(frozen=True)
+class _Mode:
+    mode: str
+    events: int
+    delay_ms: int
+    per_call: int  # events per PUBLISH call of the producer
+
+
+async def delivery(plan: Plan) -> Result:
+    """What one API process delivers through Redis (SPEC 7): a cheap producer process, not the worker, writes
+    the events; N clients read them over SSE; the MEMORY baseline serves the same events to the same client.
+
+    Every client is connected before the first event on both systems (a start gate), so the rate is delivery,
+    not connection set-up. Two modes: paced like the other scenarios, and as fast as each side can go.
+    """
+    n, size = plan.delivery_streams, plan.chunk_size
+    modes = [
+        _Mode("paced", plan.chunks, plan.delay_ms, 1),
+        _Mode("max", plan.delivery_max_events, 0, plan.delivery_max_per_call),
+    ]
+    results: list[Result] = []
+    gate_number = 0
+    with bench_stack("delivery", worker=False, memory=True) as stack:
+        pids = relay_pids(stack)
+        # Warm-up of both servers (imports, first connections, the hub's readers).
+        await _relay_delivery_round(stack, pids, 20, 5, size, 0, 1, "warmup")
+        gate_number += 1
+        await _memory_delivery_round(stack, stack.pid("memory"), 20, 5, size, 0, gate_number)
+        for mode in modes:
+            rounds: list[Result] = []
+            for index in range(plan.delivery_rounds):
+                gate_number += 1
+                base = await _memory_delivery_round(
+                    stack, stack.pid("memory"), n, mode.events, size, mode.delay_ms, gate_number
+                )
+                relay = await _relay_delivery_round(
+                    stack, pids, n, mode.events, size, mode.delay_ms, mode.per_call, f"{mode.mode}{index}"
+                )
+                rounds.append(
+                    {
+                        "baseline": base,
+                        "relay": relay,
+                        "ratio_events_per_s": relay["events_per_s"] / base["events_per_s"],
+                        "ratio_tokens_per_s": relay["tokens_per_s"] / base["tokens_per_s"],
+                    }
+                )
+                progress(
+                    f"delivery {mode.mode} round {index + 1}: memory {base['events_per_s']:.0f} ev/s, "
+                    f"relay {relay['events_per_s']:.0f} ev/s ({rounds[-1]['ratio_events_per_s'] * 100:.0f} %)"
+                )
+            results.append(
+                {
+                    **dataclasses.asdict(mode),
+                    "rounds": rounds,
+                    "ratio_events_per_s": median([r["ratio_events_per_s"] for r in rounds]),
+                    "ratio_tokens_per_s": median([r["ratio_tokens_per_s"] for r in rounds]),
+                }
+            )
+        problems = log_problems(stack)
+    return {"streams": n, "chunk_chars": size, "modes": results, "log_problems": problems}
+
+
+def _token_lateness_ms(streams: list[Stream], chunk: int, delay_ms: int) -> list[float]:
+    """Per token: when the client got it minus when the upstream's pacing would have it, anchored at the
+    stream's first content event (the publisher writes the first piece at once). A token that waited in a
+    coalescing window shows up late by up to that window."""
+    late: list[float] = []
+    for stream in streams:
+        if not stream.content_times:
+            continue
+        first = stream.content_times[0]
+        received = 0
+        for at, chars in zip(stream.content_times, stream.content_sizes, strict=True):
+            tokens = max(1, chars // chunk)
+            for k in range(received, received + tokens):
+                late.append((at - first) * 1000 - k * delay_ms)
+            received += tokens
+    return late
+
+
+async def redis_cost(plan: Plan) -> Result:
+    """Redis commands per delivered token through the whole relay (worker and API) at a realistic provider
+    rate, for several coalescing windows; counted by MONITOR (client round trips vs commands run by scripts)
+    and by INFO commandstats (server-wide)."""
+    n, chunk, delay_ms, tokens = plan.cost_streams, plan.cost_chunk, plan.cost_delay_ms, plan.cost_tokens
+    text = echo_text(tokens * chunk)
+    default_window = Settings.model_fields["coalesce_ms"].default
+    points: list[Result] = []
+    for window in (None, *plan.cost_windows):
+        if window == default_window:
+            continue
+        overrides = {} if window is None else {"COALESCE_MS": str(window)}
+        with bench_stack(f"redis_cost_{window}", overrides=overrides) as stack:
+            request = relay_request(stack, text, chunk, delay_ms)
+            await run_batch([request] * 5, max_seconds=60, record_times=False)
+            client = _redis(stack)
+            host, port = host_port(stack.redis_url)
+            db = int(urlsplit(stack.redis_url).path.strip("/") or 0)
+            pids = relay_pids(stack)
+            try:
+                async with MonitorCounter(host, port, db) as monitor:
+                    await asyncio.sleep(0.5)
+                    calls_before = redis_command_calls(client)
+                    monitor.counting = True
+                    async with Sampler(pids, ("api", "worker"), port) as sampler:
+                        streams = await run_batch([request] * n, max_seconds=120, record_times=True)
+                    await asyncio.sleep(0.5)  # the last commands reach the monitor
+                    monitor.counting = False
+                    calls = calls_delta(calls_before, redis_command_calls(client), _OWN_COMMANDS)
+            finally:
+                client.close()
+            problems = log_problems(stack)
+        batch = Batch(streams, len(text), chunk, delay_ms).summary()
+        delivered = batch["tokens"]
+        by_client = {k: v for k, v in monitor.by_client.most_common() if k not in (*_OWN_COMMANDS, "monitor")}
+        client_total = sum(by_client.values())
+        script_total = sum(monitor.by_script.values())
+        late = _token_lateness_ms(streams, chunk, delay_ms)
+        points.append(
+            {
+                "coalesce_ms": default_window if window is None else window,
+                "is_default": window is None,
+                "relay": batch,
+                "client_commands": client_total,
+                "script_commands": script_total,
+                "client_commands_per_token": client_total / max(1.0, delivered),
+                "all_commands_per_token": (client_total + script_total) / max(1.0, delivered),
+                "script_calls_per_token": sum(by_client.get(c, 0) for c in _SCRIPT_COMMANDS) / max(1.0, delivered),
+                "commandstats_per_token": sum(calls.values()) / max(1.0, delivered),
+                "client_commands_top": dict(list(by_client.items())[:10]),
+                "script_commands_top": dict(monitor.by_script.most_common(8)),
+                "token_lateness_ms_p50": percentile(late, 50),
+                "token_lateness_ms_p99": percentile(late, 99),
+                "processes": sampler.report(),
+                "log_problems": problems,
+            }
+        )
+        progress(
+            f"redis_cost COALESCE_MS={points[-1]['coalesce_ms']}: {points[-1]['client_commands_per_token']:.3f} "
+            f"client commands/token, lateness p99 {points[-1]['token_lateness_ms_p99']:.1f} ms"
+        )
+    return {
+        "streams": n,
+        "chunk_chars": chunk,
+        "delay_ms": delay_ms,
+        "tokens_per_stream": tokens,
+        "default_coalesce_ms": default_window,
+        "points": points,
+    }
+
+
 def progress(message: str) -> None:
     print(f"[bench]   {message}", flush=True)
 
@@ -702,4 +1040,6 @@ SCENARIOS: dict[str, Callable[[Plan], Awaitable[Result]]] = {
     "throughput": throughput,
     "curve": curve,
     "many_clients": many_clients,
+    "delivery": delivery,
+    "redis_cost": redis_cost,
 }

@@ -211,6 +211,8 @@ class Stream:
     error: str | None = None
     ended: float | None = None
     content_times: list[float] = field(default_factory=list)
+    # Characters each content event carried (with record_times): a coalesced event carries several tokens.
+    content_sizes: list[int] = field(default_factory=list)
     body: bytes = b""
 
     @property
@@ -244,6 +246,7 @@ class Stream:
                 self.first_content_at = now
             if self.record_times:
                 self.content_times.append(now)
+                self.content_sizes.append(len(text) if isinstance(text, str) else 0)
         elif kind == "reset":
             self.resets += 1
             self.content_chars = 0

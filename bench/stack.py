@@ -150,12 +150,16 @@ def bench_stack(
     name: str,
     *,
     relay: bool = True,
+    worker: bool = True,
     direct: bool = False,
     memory: bool = False,
     redis_url: str = DEFAULT_REDIS_URL,
     overrides: dict[str, str] | None = None,
 ) -> Iterator[BenchStack]:
-    """Starts what a scenario needs and stops all of it, whatever happens; logs land in bench/out/logs/NAME."""
+    """Starts what a scenario needs and stops all of it, whatever happens; logs land in bench/out/logs/NAME.
+
+    `worker=False`: the relay's API alone (no worker, no upstream), for a scenario that writes the streams itself.
+    """
     logdir = OUT / "logs" / name
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
@@ -165,10 +169,11 @@ def bench_stack(
     env.update(overrides or {})
     stack = BenchStack(env, f"http://127.0.0.1:{free_port()}", upstream_url, logdir, redis_url=redis_url)
     try:
-        if relay or direct:
+        if (relay and worker) or direct:
             stack.start_upstream()
-        if relay:
+        if relay and worker:
             stack.start_worker()
+        if relay:
             stack.start_api()
         if direct:
             stack.direct_url = stack.start_baseline("direct", "bench.baselines:direct_app")

@@ -1,0 +1,138 @@
+"""A cheap stand-in for the worker: appends real content/done events to many generations' streams, pipelined."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import events, lua
+from shared.config import Settings
+from shared.state import Generations, Status
+
+# Script calls per pipeline: big enough to amortise the round trip, small enough that the first streams of a
+# tick are not held back behind the encoding of the last ones.
+_PIPELINE_CALLS = 250
+
+
+class _Collect:
+    """Stands in for Generations' PUBLISH script call: the service's own `publish` builds the exact keys and
+    ARGV (whatever their layout), and the producer sends the collected calls in pipelines."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[Any]]] = []
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> list[Any]:
+        self.calls.append((keys, args))
+        return [1, "", ""]  # "written": the real reply is read from the pipeline
+
+
+def _collecting(redis: Redis, settings: Settings) -> tuple[Generations, _Collect]:
+    generations = Generations(redis, settings)
+    collect = _Collect()
+    generations._publish = collect  # type: ignore[assignment]
+    return generations, collect
+
+
+async def produce(
+    settings: Settings, ids: list[str], count: int, size: int, delay_ms: int, per_call: int
+) -> dict[str, Any]:
+    """`count` content events of `size` chars per generation, then `done`: one PUBLISH call per generation
+    per tick carrying `per_call` events (a tick every `delay_ms`, or back to back when 0)."""
+    # One connection: pipelines go out in order, and the producer's cost stays one socket's.
+    redis = Redis.from_url(settings.streams_url, decode_responses=True, single_connection_client=True)
+    generations, collect = _collecting(redis, settings)
+    # Sequence-numbered writes, as the worker's publisher makes them, when this version of publish has them.
+    numbered = "seq" in inspect.signature(generations.publish).parameters
+    piece = ("abcdefgh" * (size // 8 + 1))[:size]
+    content = events.content(piece)
+    done = events.done(piece * count, "stop", None)
+    sent = 0
+    ticks = 0
+    late_ticks = 0
+    max_lag_s = 0.0
+    refused = 0
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    try:
+        sha = await redis.script_load(lua.PUBLISH)
+        while sent < count:
+            due = started + ticks * delay_ms / 1000
+            now = time.perf_counter()
+            if now < due:
+                await asyncio.sleep(due - now)
+            elif delay_ms and now - due > delay_ms / 1000:
+                late_ticks += 1
+            max_lag_s = max(max_lag_s, time.perf_counter() - due) if delay_ms else 0.0
+            batch = min(per_call, count - sent)
+            last = sent + batch >= count
+            payloads = [content] * batch + ([done] if last else [])
+            extra: dict[str, Any] = {"seq": ticks + 1} if numbered else {}
+            fields = {"finish_reason": "stop"} if last else None
+            # The service's publish builds this tick's ARGV once; every generation's call differs only in keys.
+            collect.calls.clear()
+            status: Status | None = "done" if last else None
+            await generations.publish(ids[0], 1, payloads, status, fields, first=sent == 0, **extra)
+            _, args = collect.calls[0]
+            for start in range(0, len(ids), _PIPELINE_CALLS):
+                async with redis.pipeline(transaction=False) as pipe:
+                    for generation_id in ids[start : start + _PIPELINE_CALLS]:
+                        keys = generations.keys(generation_id)
+                        pipe.evalsha(sha, 2, keys.events, keys.state, *args)
+                    results = await pipe.execute()
+                refused += sum(1 for result in results if int(result[0]) != 1)
+            sent += batch
+            ticks += 1
+    finally:
+        await redis.aclose()
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    return {
+        "cpu_pct_of_core": 100 * cpu / elapsed if elapsed > 0 else float("nan"),
+        "streams": len(ids),
+        "events_per_stream": count,
+        "ticks": ticks,
+        "late_ticks": late_ticks,
+        "max_lag_ms": max_lag_s * 1000,
+        "refused_writes": refused,
+        "seconds": elapsed,
+        "offered_events_per_s": len(ids) * count / elapsed if elapsed > 0 else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.producer", description=__doc__)
+    parser.add_argument("--ids", type=Path, required=True, help="JSON list of generation ids (created, claimed)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON summary")
+    parser.add_argument("--events", type=int, default=50)
+    parser.add_argument("--size", type=int, default=8)
+    parser.add_argument("--delay-ms", type=int, default=20)
+    parser.add_argument("--per-call", type=int, default=1)
+    args = parser.parse_args(argv)
+    settings = Settings()  # the stack's environment: Redis URL, key prefix, TTLs
+    ids = json.loads(args.ids.read_text())
+    # Started ahead and told when to go: interpreter start-up and imports stay out of the measured window.
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return 1
+    loop_factory = None
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        result = runner.run(produce(settings, ids, args.events, args.size, args.delay_ms, args.per_call))
+    args.out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
