@@ -11,7 +11,7 @@ Status = Literal["queued", "running", "done", "error", "cancelled"]
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Role
     content: str = Field(max_length=1_000_000)
@@ -20,7 +20,8 @@ class Message(BaseModel):
 class GenerationCreate(BaseModel):
     """POST /v1/generations. Exactly one of `prompt` and `messages`."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: the OpenAPI document promises integers and booleans, so "5" or 5.0 is a 422, not coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str | None = Field(default=None, min_length=1, max_length=1_000_000)
     system: str | None = Field(default=None, max_length=1_000_000)

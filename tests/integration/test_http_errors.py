@@ -31,6 +31,11 @@ def _assert_error(response: httpx.Response, status: int, code: str) -> None:
         ({"prompt": 5}, "validation_error"),
         ({"prompt": "x", "temperature": 9}, "validation_error"),
         ({"prompt": "x", "max_tokens": 0}, "validation_error"),
+        # The OpenAPI document says integer / boolean: no coercion from strings or floats (found by fuzzing).
+        ({"prompt": "x", "max_tokens": "5"}, "validation_error"),
+        ({"prompt": "x", "max_tokens": 5.0}, "validation_error"),
+        ({"prompt": "x", "background": "true"}, "validation_error"),
+        ({"prompt": "x", "temperature": "0.5"}, "validation_error"),
         ({"prompt": "x", "surprise": 1}, "validation_error"),
         ({"prompt": "x", "metadata": [1]}, "validation_error"),
         ({"prompt": "x", "on_complete": "nope:nothing"}, "unknown_hook"),
