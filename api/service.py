@@ -65,7 +65,9 @@ async def start_generation(
         if existing is not None:
             return existing
         idempotency_redis_key = _idempotency_redis_key(services, caller, idempotency)
-    if not await services.generations.admit(caller, generation_id):
+    token = secrets.token_urlsafe(24)
+    # Admission (the per-caller limit), state and job in one round trip.
+    if not await services.enqueuer.submit(generation_id, request, metadata, caller, token_digest(token)):
         if idempotency_redis_key is not None:
             await services.streams.delete(idempotency_redis_key)  # nothing started under it
         limit = services.settings.max_concurrent_per_caller
@@ -73,8 +75,6 @@ async def start_generation(
             429, "too_many_generations", f"At most {limit} unfinished generations per caller; wait for one to end.",
             headers={"Retry-After": "1"},
         )  # fmt: skip
-    token = secrets.token_urlsafe(24)
-    await services.enqueuer.submit(generation_id, request, metadata, caller, token_digest(token))
     metrics.GENERATIONS_CREATED.inc()
     return Started(generation_id, "queued", new=True, token=token)
 

@@ -83,27 +83,34 @@ redis.call('HSET', KEYS[2], 'cancel', '1')
 return {'cancelling', st[1]}
 """
 
-# Create a generation and enqueue its arq job in one round trip (queue and streams on the same Redis).
-# KEYS: state hash, arq job key, arq result key, arq queue (zset), wake list.
-# ARGV: live_ttl, job_ttl_ms, serialized job, score, job id, wake_max, then state field/value pairs.
-# Returns 1, or 0 if a job with that id exists (nothing written). Mirrors arq's enqueue_job.
+# Admit, create a generation and enqueue its arq job in one round trip (queue and streams on the same Redis).
+# KEYS: state hash, arq job key, arq result key, arq queue (zset), wake list, the caller's active zset.
+# ARGV: live_ttl, job_ttl_ms, serialized job, score, job id, wake_max, then ADMIT's now, deadline, limit,
+#       ttl, then state field/value pairs.
+# Returns 1, 0 if a job with that id exists (nothing written), -1 if the caller is at its limit (nothing
+# written). Mirrors arq's enqueue_job.
 CREATE_AND_ENQUEUE = """
 if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[7])
+if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[9]) then return -1 end
+redis.call('ZADD', KEYS[6], ARGV[8], ARGV[5])
+redis.call('EXPIRE', KEYS[6], ARGV[10])
 local fields = {}
-for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
+for i = 11, #ARGV do table.insert(fields, ARGV[i]) end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('PSETEX', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
-redis.call('LPUSH', KEYS[5], '1')
+redis.call('LPUSH', KEYS[5], ARGV[5])
 redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[6]) - 1)
 redis.call('EXPIRE', KEYS[5], 60)
 return 1
 """
 
 # Wake one worker after a job was enqueued separately (queue and streams on different servers).
+# ARGV: wake_max, job id (the woken worker starts that job without looking through the queue first).
 WAKE = """
-redis.call('LPUSH', KEYS[1], '1')
+redis.call('LPUSH', KEYS[1], ARGV[2])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 redis.call('EXPIRE', KEYS[1], 60)
 return 1

@@ -195,17 +195,16 @@ class Generations:
 
     async def admit(self, owner: str, generation_id: str) -> bool:
         """Count a new generation against its caller's concurrency limit; False if the caller is at it."""
+        key, (now, deadline, limit, ttl) = self.admission(owner)
+        return bool(await self._admit(keys=[key], args=[now, deadline, generation_id, limit, ttl]))
+
+    def admission(self, owner: str) -> tuple[str, tuple[float, float, int, int]]:
+        """The caller's active set and ADMIT's now, deadline, limit and ttl (also used by CREATE_AND_ENQUEUE)."""
         settings = self.settings
         now = time.time()
         deadline = now + settings.job_timeout_s * (settings.job_max_tries + 1) + 60
-        args: list[str | int | float] = [
-            now,
-            deadline,
-            generation_id,
-            settings.max_concurrent_per_caller,
-            int(deadline - now),
-        ]
-        return bool(await self._admit(keys=[active_key(settings.key_prefix, owner)], args=args))
+        limit = settings.max_concurrent_per_caller
+        return active_key(settings.key_prefix, owner), (now, deadline, limit, int(deadline - now))
 
     async def release(self, owner: str, generation_id: str) -> None:
         await self.redis.zrem(active_key(self.settings.key_prefix, owner), generation_id)

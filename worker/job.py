@@ -12,13 +12,14 @@ from arq import Retry
 from shared import events
 from shared.errors import ErrorCode
 from shared.hooks import call
+from shared.jobs import StoredRequest
 from shared.retry import TRANSIENT, until_redis_answers
 from shared.state import GenerationState
 from shared.tasks import cancel_and_wait
 from worker.completion import Ending, finish, run_on_complete
 from worker.deps import Deps
 from worker.publisher import Publisher, PublishRefused
-from worker.upstream import Outcome, UpstreamError, stream_pieces
+from worker.upstream import Opening, Outcome, UpstreamError, stream_pieces
 
 log = logging.getLogger("sse_relay.worker")
 
@@ -30,11 +31,23 @@ class CancelRequested(Exception):
     """A caller asked to cancel; raised in the job when the watcher sees the flag."""
 
 
-async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, str]:
-    """arq entry point. Returns a plain dict: no exception object ever reaches an arq result."""
+async def run_generation(ctx: dict[str, Any], generation_id: str, request_json: str | None = None) -> dict[str, str]:
+    """arq entry point. Returns a plain dict: no exception object ever reaches an arq result.
+
+    `request_json`: the request as stored with the generation, carried by the job so that the provider call
+    can start while the claim is on its way (jobs enqueued without it use the stored one).
+    """
     deps: Deps = ctx["deps"]
-    async with deps.leases.held(ctx["job_id"]):
-        status = await _run(deps, generation_id, int(ctx.get("job_try", 1)))
+    job_try = int(ctx.get("job_try", 1))
+    early = None
+    if request_json is not None and job_try <= deps.settings.job_max_tries:
+        early = Opening(deps.client, StoredRequest.model_validate_json(request_json))
+    # The lease was set when the job was taken (worker/pickup.py) and is renewed until arq is done with it.
+    try:
+        status = await _run(deps, generation_id, job_try, early)
+    finally:
+        if early is not None:
+            await early.discard()  # a no-op once the attempt has read the stream to its end
     if status == "stale":
         # A newer attempt runs elsewhere (this one's lease lapsed). Keep the arq job queued, deferred past a
         # lease renewal, so that it stays the newer attempt's crash insurance instead of being deleted.
@@ -42,7 +55,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, s
     return {"status": status}
 
 
-async def _run(deps: Deps, generation_id: str, job_try: int) -> str:
+async def _run(deps: Deps, generation_id: str, job_try: int, early: Opening | None) -> str:
     # Repeating a claim whose reply was lost only skips an attempt number.
     claim = await until_redis_answers(lambda: deps.generations.claim(generation_id), f"claiming {generation_id}")
     if claim.outcome == "terminal":
@@ -57,7 +70,7 @@ async def _run(deps: Deps, generation_id: str, job_try: int) -> str:
     if state is None:
         log.info("generation %s not started: %s", generation_id, claim.outcome)
         return "missing"
-    attempt = Attempt(deps, state, claim.attempt)
+    attempt = Attempt(deps, state, claim.attempt, early)
     if job_try > deps.settings.job_max_tries:
         # The earlier tries died with their workers (lease lost each time): end it for good.
         return await attempt.end(Ending("error", ErrorCode.WORKER_LOST))
@@ -67,8 +80,9 @@ async def _run(deps: Deps, generation_id: str, job_try: int) -> str:
 class Attempt:
     """One attempt of one generation."""
 
-    def __init__(self, deps: Deps, state: GenerationState, attempt: int) -> None:
+    def __init__(self, deps: Deps, state: GenerationState, attempt: int, opening: Opening | None = None) -> None:
         self.deps = deps
+        self.opening = opening
         self.state = state
         self.attempt = attempt
         self.context = state.request.error_context or "-"
@@ -125,7 +139,9 @@ class Attempt:
         finished.result()  # a finished task keeps its outcome: re-raises the pump's error or CancelRequested
 
     async def _pump(self) -> None:
-        async for piece in stream_pieces(self.deps.client, self.state.request, self.outcome):
+        opening = self.opening or Opening(self.deps.client, self.state.request)
+        self.opening = opening
+        async for piece in stream_pieces(opening, self.outcome):
             (self.text if piece.kind == "content" else self.reasoning).append(piece.text)
             await self.publisher.add(piece.kind, piece.text)
             if self.publisher.cancel_requested:

@@ -1,4 +1,4 @@
-"""The running jobs' leases: arq's in-progress keys shortened to JOB_LEASE_S, renewed by one task per worker.
+"""The running jobs' leases: arq's in-progress keys cut to JOB_LEASE_S at job start, renewed by one task per worker.
 
 arq keeps that key for the job timeout + 10 s, so a SIGKILLed worker's job would wait that long before another
 worker retries it. With a short renewed lease, another worker takes over seconds after a crash. One renewal
@@ -9,9 +9,7 @@ cheaply as an idle one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
@@ -39,16 +37,16 @@ class Leases:
         if self._task is not None:
             await cancel_and_wait(self._task)
 
-    @contextlib.asynccontextmanager
-    async def held(self, job_id: str) -> AsyncIterator[None]:
+    @property
+    def lease_ms(self) -> int:
+        return self._lease_ms
+
+    def add(self, job_id: str) -> None:
+        """From the job's start (worker/pickup.py sets the first lease) to the end of arq's book-keeping."""
         self._held.add(job_id)
-        try:
-            # At once: arq set the key for the whole job timeout; from here a crash costs one lease.
-            with contextlib.suppress(*TRANSIENT):
-                await self._renew([job_id])
-            yield
-        finally:
-            self._held.discard(job_id)
+
+    def discard(self, job_id: str) -> None:
+        self._held.discard(job_id)
 
     async def _renew_forever(self) -> None:
         failing = False  # log an outage once, not every renewal

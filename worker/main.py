@@ -24,7 +24,7 @@ from shared.store.db import make_engine
 from shared.store.migrate import upgrade
 from shared.store.repository import ResultStore
 from shared.tasks import cancel_and_wait
-from worker import resilience, wakeup
+from worker import pickup, resilience, wakeup
 from worker.completion import run_on_complete
 from worker.deps import Deps
 from worker.job import run_generation
@@ -32,6 +32,7 @@ from worker.lease import Leases
 from worker.upstream import make_client
 
 wakeup.install()
+pickup.install()
 resilience.install()
 # uvicorn runs the API on uvloop; the worker gets the same loop (arq would use the default one).
 uvloop.install()
@@ -51,7 +52,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     wake_redis = Redis.from_url(_settings.redis_url, socket_timeout=None)
     ctx["wake_redis"] = wake_redis
     ctx["wake_task"] = asyncio.ensure_future(wakeup.listen(wake_redis, wake_key(_settings.key_prefix)))
-    leases = Leases(ctx["redis"], _settings.job_lease_s)
+    leases = ctx["leases"] = Leases(ctx["redis"], _settings.job_lease_s)
     leases.start()
     ctx["deps"] = Deps(
         settings=_settings,

@@ -1,8 +1,8 @@
-"""arq's poll loop made to ride out a Redis outage, and never to run a second copy of a job in one process.
+"""arq's poll loop made to ride out a Redis outage instead of ending the worker process.
 
 arq's `Worker.main` lets any Redis error of a poll iteration escape, and the worker process exits. Its
 generations in flight are alive and waiting for Redis (their writes retry): the loop must live too. arq builds
-its Worker itself from the settings class, so the seam is the two methods, patched at import of worker.main.
+its Worker itself from the settings class, so the seam is the method, patched at import of worker.main.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shared.retry import TRANSIENT
 
 log = logging.getLogger("sse_relay.worker")
 
-# redis-py reports a connection lost during arq's WATCH (start_jobs) as a WatchError.
+# redis-py reports a connection lost during a WATCH (arq's cron enqueue, its own start_jobs) as a WatchError.
 _POLL_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, WatchError)
 
 _FIRST_PAUSE_S = 0.1
@@ -53,7 +53,6 @@ class _Outage:
 
 
 _PollIteration = Callable[[Worker], Coroutine[Any, Any, None]]
-_StartJobs = Callable[[Worker, list[bytes]], Coroutine[Any, Any, None]]
 
 
 def _resilient(poll_iteration: _PollIteration) -> _PollIteration:
@@ -71,29 +70,7 @@ def _resilient(poll_iteration: _PollIteration) -> _PollIteration:
     return wrapper
 
 
-def _once_per_process(start_jobs: _StartJobs) -> _StartJobs:
-    async def wrapper(self: Worker, job_ids: list[bytes]) -> None:
-        # A lease that lapsed while Redis was away lets this very worker pick its own running job up again;
-        # arq would then start a second copy and lose track of the first (its job_tasks is keyed by job id).
-        running = {job_id for job_id, task in self.tasks.items() if not task.done()}
-        for job_id in job_ids:
-            if job_id.decode() in running:
-                continue
-            # One at a time, so a Redis error mid-start can give back the slot arq took for that job.
-            counter, task = self.job_counter, self.tasks.get(job_id.decode())
-            try:
-                await start_jobs(self, [job_id])
-            except _POLL_ERRORS:
-                if self.job_counter > counter and self.tasks.get(job_id.decode()) is task:
-                    self.job_counter -= 1
-                    self.sem.release()
-                raise
-
-    return wrapper
-
-
 def install() -> None:
     if not getattr(Worker, "_sse_relay_patched", False):
         Worker._poll_iteration = _resilient(Worker._poll_iteration)  # type: ignore[method-assign,assignment]
-        Worker.start_jobs = _once_per_process(Worker.start_jobs)  # type: ignore[method-assign,assignment]
         Worker._sse_relay_patched = True  # type: ignore[attr-defined]

@@ -12,27 +12,45 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 
 import arq.worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = logging.getLogger("sse_relay.worker")
-_events: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
 
 
-def _event() -> asyncio.Event:
+@dataclass
+class _Wake:
+    """One event loop's wake-ups: the event that ends arq's poll sleep, and the job ids handed to this worker."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    job_ids: list[bytes] = field(default_factory=list)
+
+
+_wakes: dict[asyncio.AbstractEventLoop, _Wake] = {}
+
+
+def _wake() -> _Wake:
     loop = asyncio.get_running_loop()
-    if loop not in _events:
-        _events[loop] = asyncio.Event()
-    return _events[loop]
+    if loop not in _wakes:
+        _wakes[loop] = _Wake()
+    return _wakes[loop]
+
+
+def woken_jobs() -> list[bytes]:
+    """The job ids wake-ups handed to this worker since the last call (worker/pickup.py starts them first)."""
+    wake = _wake()
+    job_ids, wake.job_ids = wake.job_ids, []
+    return job_ids
 
 
 async def wakeable_poll(step: float = 0.5) -> AsyncGenerator[float, None]:
     """arq.utils.poll, except that a wake-up ends the sleep early."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    event = _event()
+    event = _wake().event
     while True:
         before = loop.time()
         yield before - start
@@ -48,14 +66,18 @@ def install() -> None:
 
 
 async def listen(redis: Redis, key: str, block_s: int = 5) -> None:
-    """Runs for the worker's lifetime on its own connection (BLPOP holds it)."""
-    event = _event()
+    """Runs for the worker's lifetime on its own connection (BLPOP holds it). Each entry is a job id: this
+    worker starts that job without looking through the queue first."""
+    wake = _wake()
     while True:
         try:
-            if await redis.blpop([key], timeout=block_s):  # type: ignore[misc]
-                event.set()
+            popped = await redis.blpop([key], timeout=block_s)  # type: ignore[misc]
         except asyncio.CancelledError:
             raise
         except (RedisError, OSError) as exc:
             log.warning("wake-up listener: %s; retrying", type(exc).__name__)
             await asyncio.sleep(1.0)
+            continue
+        if popped:
+            wake.job_ids.append(popped[1])
+            wake.event.set()

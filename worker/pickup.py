@@ -1,0 +1,91 @@
+"""Job start: arq's start_jobs with its WATCH / EXISTS / ZSCORE / MULTI (4 round trips) replaced by one script
+that also sets the short lease, so the provider call starts sooner and a crash right after costs one lease.
+
+arq builds its Worker itself from the settings class, so the seam is the method, patched at import of
+worker.main (like the poll loop in worker/wakeup.py and worker/resilience.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
+from arq.worker import Worker
+
+from worker.lease import Leases
+from worker.wakeup import woken_jobs
+
+# KEYS: the job's in-progress key, the queue. ARGV: job id, now (ms), lease (ms).
+# Returns the job's score, or false if it runs elsewhere, already finished, or is deferred to later.
+TAKE_JOB = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+return score
+"""
+
+_StartJobs = Callable[[Worker, list[bytes]], Coroutine[Any, Any, None]]
+
+
+async def start_jobs(self: Worker, job_ids: list[bytes]) -> None:
+    """arq's start_jobs, same book-keeping (semaphore, job counter, tasks), one round trip per job."""
+    leases: Leases | None = self.ctx.get("leases")
+    if leases is None:  # not our worker settings: arq's own way
+        await _ARQ_START_JOBS(self, job_ids)
+        return
+    script = self.__dict__.get("_sse_relay_take_job") or self.pool.register_script(TAKE_JOB)
+    self.__dict__["_sse_relay_take_job"] = script
+    # A lease that lapsed while Redis was away lets this very worker pick its own running job up again; arq
+    # would then run a second copy and lose track of the first (its job_tasks is keyed by job id).
+    running = {job_id for job_id, task in self.tasks.items() if not task.done()}
+    for job_id_b in job_ids:
+        job_id = job_id_b.decode()
+        if job_id in running:
+            continue
+        await self.sem.acquire()
+        if self.job_counter >= self.max_jobs:
+            self.sem.release()
+            return
+        self.job_counter += 1
+        try:
+            keys = [in_progress_key_prefix + job_id, self.queue_name]
+            score = await script(keys=keys, args=[job_id, timestamp_ms(), leases.lease_ms])
+        except BaseException:
+            self._release_sem_dec_counter_on_complete()  # Redis went away: give the slot back
+            raise
+        if not score:
+            self._release_sem_dec_counter_on_complete()
+            continue
+        leases.add(job_id)
+        task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+        task.add_done_callback(lambda _, job_id=job_id: _finished(self, leases, job_id))  # type: ignore[misc]
+        self.tasks[job_id] = task
+
+
+def _finished(worker: Worker, leases: Leases, job_id: str) -> None:
+    leases.discard(job_id)
+    worker._release_sem_dec_counter_on_complete()
+
+
+_ARQ_START_JOBS: _StartJobs = Worker.start_jobs
+_PollIteration = Callable[[Worker], Coroutine[Any, Any, None]]
+
+
+def _woken_first(poll_iteration: _PollIteration) -> _PollIteration:
+    async def wrapper(self: Worker) -> None:
+        # The jobs a wake-up named start before arq looks through the queue: one round trip fewer.
+        job_ids = woken_jobs()
+        if job_ids and self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            await self.start_jobs(job_ids)
+        await poll_iteration(self)
+
+    return wrapper
+
+
+def install() -> None:
+    """Before worker.resilience.install(), which wraps the poll iteration this wraps."""
+    Worker.start_jobs = start_jobs  # type: ignore[method-assign]
+    Worker._poll_iteration = _woken_first(Worker._poll_iteration)  # type: ignore[method-assign,assignment]
