@@ -143,6 +143,7 @@ class StreamHub:
         self.settings = settings
         self.streams = streams
         self.shards = [_Shard(settings.streams_url, settings.sse_read_block_ms, streams) for _ in range(shards)]
+        self._checks: dict[str, asyncio.Future[int]] = {}
 
     def start(self) -> None:
         for shard in self.shards:
@@ -188,6 +189,21 @@ class StreamHub:
             if not followed.subscribers and shard.followed.get(keys.events) is followed:
                 del shard.followed[keys.events]
 
+    async def _exists(self, key: str) -> bool:
+        """One EXISTS per key at a time, shared by all its subscribers: they all got the key's last batch at
+        the same moment, so their idle timers end together (10,000 clients of 20 generations sent 10,000
+        EXISTS at once, more than the bounded pool could serve in its timeout)."""
+        check = self._checks.get(key)
+        if check is None:
+            check = self._checks[key] = asyncio.ensure_future(self.streams.exists(key))
+            check.add_done_callback(lambda done: self._check_done(key, done))
+        return bool(await asyncio.shield(check))
+
+    def _check_done(self, key: str, done: asyncio.Future[int]) -> None:
+        self._checks.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: every awaiter may have gone (clients that disconnected)
+
     async def _live(self, subscriber: _Subscriber, keys: GenerationKeys, last: str) -> AsyncIterator[list[Entry]]:
         idle_s = self.settings.sse_read_block_ms / 1000
         while True:
@@ -197,7 +213,7 @@ class StreamHub:
                 # Nothing for a while: stop following a generation that no longer exists. While Redis is
                 # away that is unknown: keep the client (pings keep it open) and read on once it is back.
                 with contextlib.suppress(RedisError, OSError):
-                    if not await self.streams.exists(keys.state):
+                    if not await self._exists(keys.state):
                         return
                 continue
             # A batch is in id order: if its first entry is new, all are (the common case, one id parse per
