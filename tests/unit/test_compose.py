@@ -87,6 +87,13 @@ def test_every_service_has_a_healthcheck_command(name: str) -> None:
     assert len(test) > 1
 
 
+def test_redis_persists_the_queue_and_live_generations_across_restarts() -> None:
+    redis = _service("redis")
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
 def test_redis_healthcheck_pings_the_server() -> None:
     assert _healthcheck_test(_service("redis"))[1:] == ["redis-cli", "ping"]
 
