@@ -598,6 +598,7 @@ def _delivery_section(doc: Doc) -> list[str]:
                     _num(x["processes"].get("redis-server", {}).get("cpu_pct_of_core"), 0),
                     _num(x["processes"]["client"]["cpu_pct_of_core"], 0),
                     _num(b["processes"]["memory"]["cpu_pct_of_core"], 0),
+                    _cpu_cost(b, x),
                     _num(b.get("token_latency_ms_p99"), 0) + " / " + _num(x.get("token_latency_ms_p99"), 0),
                     f"{b['failed']} / {x['failed']}",
                     _num(x["processes"]["api"]["redis_connections_max"]),
@@ -616,6 +617,7 @@ def _delivery_section(doc: Doc) -> list[str]:
             "Redis CPU %",
             "client CPU % (relay)",
             "MEMORY CPU %",
+            "CPU µs/event: MEMORY + client / API + client + Redis + producer",
             "p99 gap-minus-delay ms, MEMORY / relay",
             "failed M / r",
             "API Redis conns",
@@ -623,16 +625,40 @@ def _delivery_section(doc: Doc) -> list[str]:
         rows,
     )
     lines += _table(
-        ["median over rounds", "relay/MEMORY events/s"],
-        [[m["mode"], _pct(m["ratio_events_per_s"])] for m in result["modes"]],
+        [
+            "median over rounds",
+            "relay/MEMORY events/s",
+            "server CPU µs per event, MEMORY / API",
+            "MEMORY's CPU per event over the API's",
+        ],
+        [
+            [
+                m["mode"],
+                _pct(m["ratio_events_per_s"]),
+                f"{_num(m.get('memory_cpu_us_per_event'), 1)} / {_num(m.get('api_cpu_us_per_event'), 1)}",
+                _pct(m.get("ratio_server_cpu")),
+            ]
+            for m in result["modes"]
+        ],
     )
     lines.append(
         "Events and tokens are the same thing here (one 8-char piece per event on both sides). CPU is % of one "
         "core over the round; the machine has 2 cores and is shared, so rounds vary; the ratio is taken per round, "
-        "baseline and relay back to back."
+        "baseline and relay back to back. CPU µs per event = a process's CPU time over the round / content events "
+        "delivered: what delivery costs each process whatever share of the cores the round got; the API's against "
+        "MEMORY's is what the rate ratio would be if each server had a core of its own."
     )
     lines.append("")
     return lines + _problems(result)
+
+
+def _cpu_cost(baseline: Doc, relay: Doc) -> str:
+    b, x = baseline.get("cpu_us_per_event") or {}, relay.get("cpu_us_per_event") or {}
+    if not b or not x:
+        return "n/a"
+    memory = f"{_num(b.get('memory'), 1)} + {_num(b.get('client'), 1)}"
+    parts = " + ".join(_num(x.get(name), 1) for name in ("api", "client", "redis-server", "producer"))
+    return f"{memory} / {parts}"
 
 
 def _cost_section(doc: Doc) -> list[str]:
@@ -647,9 +673,10 @@ def _cost_section(doc: Doc) -> list[str]:
         f"(`COALESCE_MS`, default {_num(result['default_coalesce_ms'], 0)}). Commands counted with Redis "
         "MONITOR on the benchmark's database: *sent by our processes* = the round trips the API and the worker "
         "make (a Lua script call counts once, XREAD, arq's own commands...); *run inside scripts* = what the "
-        "scripts execute (MONITOR shows them as `lua`), which INFO commandstats also counts. Token lateness = "
-        "when the client got a token minus when the upstream's pacing would have it, anchored at the stream's "
-        "first content event; its growth over `COALESCE_MS=0` is the cost of coalescing."
+        "scripts execute (MONITOR shows them as `lua`), which INFO commandstats also counts. Token lateness = how "
+        "much later the client got a token than its stream's own even schedule (the line from its first to its "
+        "last token, so the fake upstream's timer drift cancels out; the earliest token of a stream is on time): "
+        "the wait in a coalescing window shows up here; at `COALESCE_MS=0` it is the relay's jitter alone."
     )
     lines.append("")
     rows = []

@@ -78,7 +78,7 @@ class Plan:
     delay_ms: int = 20
     # delivery: the API alone, fed by bench.producer (SPEC 7's "one API process delivers events").
     delivery_streams: int = 1000
-    delivery_rounds: int = 3
+    delivery_rounds: int = 5
     delivery_max_events: int = 200
     delivery_max_per_call: int = 10
     # redis_cost: a fast provider (a 4-char token every 10 ms per stream) through the worker.
@@ -86,7 +86,7 @@ class Plan:
     cost_chunk: int = 4
     cost_delay_ms: int = 10
     cost_tokens: int = 300
-    cost_windows: tuple[float, ...] = (0.0, 25.0, 50.0, 100.0)
+    cost_windows: tuple[float, ...] = (0.0, 25.0, 50.0, 100.0, 150.0)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -759,6 +759,16 @@ async def _connect_all(
     return streams, tasks, time.monotonic() - started
 
 
+def _cpu_us_per_event(sampler: Sampler, events: int) -> dict[str, float]:
+    """CPU microseconds each process spent per delivered event: what a rate costs, whatever the machine's
+    other load (the rate itself depends on how much of the shared cores a round got)."""
+    return {
+        name: (sampler.cpu_end[name] - sampler.cpu_start[name]) * 1e6 / max(1, events)
+        for name in sampler.pids
+        if name != "producer"
+    }
+
+
 def _gated_summary(streams: list[Stream], gate: float, expected_chars: int, chunk: int) -> Result:
     """Delivery after a start gate: all clients were connected, then every stream started at `gate`."""
     good = [s for s in streams if s.ok and s.content_chars == expected_chars]
@@ -850,6 +860,12 @@ async def _relay_delivery_round(
         log.close()
     summary = _gated_summary(streams, gate, count * size, size)
     summary.update(connected=connected, connect_s=connect_s, producer=produced, processes=sampler.report())
+    cost = _cpu_us_per_event(sampler, summary["content_events"])
+    if produced.get("cpu_pct_of_core") is not None:
+        # The producer exits before the sampler's last reading: it measures its own CPU.
+        cpu_s = produced["cpu_pct_of_core"] / 100 * produced["seconds"]
+        cost["producer"] = cpu_s * 1e6 / max(1, summary["content_events"])
+    summary["cpu_us_per_event"] = cost
     if delay_ms:
         gaps = Batch(streams, count * size, size, delay_ms).token_latencies_ms()
         summary["token_latency_ms_p99"] = percentile(gaps, 99)
@@ -873,6 +889,7 @@ async def _memory_delivery_round(
         await asyncio.gather(*tasks)
     summary = _gated_summary(streams, gate, count * size, size)
     summary.update(connected=connected, connect_s=connect_s, processes=sampler.report())
+    summary["cpu_us_per_event"] = _cpu_us_per_event(sampler, summary["content_events"])
     if delay_ms:
         gaps = Batch(streams, count * size, size, delay_ms).token_latencies_ms()
         summary["token_latency_ms_p99"] = percentile(gaps, 99)
@@ -923,6 +940,8 @@ async def delivery(plan: Plan) -> Result:
                         "relay": relay,
                         "ratio_events_per_s": relay["events_per_s"] / base["events_per_s"],
                         "ratio_tokens_per_s": relay["tokens_per_s"] / base["tokens_per_s"],
+                        # Server CPU per event, MEMORY's over the API's: the rate ratio if both had a core.
+                        "ratio_server_cpu": base["cpu_us_per_event"]["memory"] / relay["cpu_us_per_event"]["api"],
                     }
                 )
                 progress(
@@ -935,27 +954,33 @@ async def delivery(plan: Plan) -> Result:
                     "rounds": rounds,
                     "ratio_events_per_s": median([r["ratio_events_per_s"] for r in rounds]),
                     "ratio_tokens_per_s": median([r["ratio_tokens_per_s"] for r in rounds]),
+                    "ratio_server_cpu": median([r["ratio_server_cpu"] for r in rounds]),
+                    "api_cpu_us_per_event": median([r["relay"]["cpu_us_per_event"]["api"] for r in rounds]),
+                    "memory_cpu_us_per_event": median([r["baseline"]["cpu_us_per_event"]["memory"] for r in rounds]),
                 }
             )
         problems = log_problems(stack)
     return {"streams": n, "chunk_chars": size, "modes": results, "log_problems": problems}
 
 
-def _token_lateness_ms(streams: list[Stream], chunk: int, delay_ms: int) -> list[float]:
-    """Per token: when the client got it minus when the upstream's pacing would have it, anchored at the
-    stream's first content event (the publisher writes the first piece at once). A token that waited in a
-    coalescing window shows up late by up to that window."""
+def _token_lateness_ms(streams: list[Stream], chunk: int) -> list[float]:
+    """Per token: how much later the client got it than the stream's own even schedule.
+
+    The schedule is the straight line from the stream's first to its last token (its actual rate, so the
+    upstream's timer drift cancels out), shifted so the stream's earliest token is on time. Tokens that
+    waited in a coalescing window (or behind a busy process) show up late by that wait.
+    """
     late: list[float] = []
     for stream in streams:
-        if not stream.content_times:
-            continue
-        first = stream.content_times[0]
-        received = 0
+        times: list[float] = []
         for at, chars in zip(stream.content_times, stream.content_sizes, strict=True):
-            tokens = max(1, chars // chunk)
-            for k in range(received, received + tokens):
-                late.append((at - first) * 1000 - k * delay_ms)
-            received += tokens
+            times += [at] * max(1, chars // chunk)
+        if len(times) < 2:
+            continue
+        step = (times[-1] - times[0]) / (len(times) - 1)
+        offsets = [(at - times[0] - k * step) * 1000 for k, at in enumerate(times)]
+        earliest = min(offsets)
+        late += [offset - earliest for offset in offsets]
     return late
 
 
@@ -996,7 +1021,7 @@ async def redis_cost(plan: Plan) -> Result:
         by_client = {k: v for k, v in monitor.by_client.most_common() if k not in (*_OWN_COMMANDS, "monitor")}
         client_total = sum(by_client.values())
         script_total = sum(monitor.by_script.values())
-        late = _token_lateness_ms(streams, chunk, delay_ms)
+        late = _token_lateness_ms(streams, chunk)
         points.append(
             {
                 "coalesce_ms": default_window if window is None else window,
