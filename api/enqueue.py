@@ -39,14 +39,12 @@ class Enqueuer:
         """-> False, and nothing written, if the caller is at its limit of unfinished generations."""
         settings = self.generations.settings
         now_ms = int(time.time() * 1000)
-        # The job carries the request too (no secret in it): the worker starts the provider call at once.
-        request_json = request.model_dump_json()
-        job = serialize_job(JOB_FUNCTION, (generation_id, request_json), {}, None, now_ms)
+        job = serialize_job(JOB_FUNCTION, (generation_id,), {}, None, now_ms)
         if not self.same_server:
             if not await self.generations.admit(owner, generation_id):
                 return False
             await self.generations.create(generation_id, request, metadata, owner, read_token_sha)
-            await self.queue.enqueue_job(JOB_FUNCTION, generation_id, request_json, _job_id=generation_id)
+            await self.queue.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
             await self._wake(keys=[wake_key(settings.key_prefix)], args=[_WAKE_MAX, generation_id])
             return True
         fields = self.generations.state_fields(request, metadata, owner, read_token_sha)

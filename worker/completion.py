@@ -19,10 +19,12 @@ from shared.retry import until_redis_answers
 from shared.state import GenerationState, PublishResult, Status
 from shared.store.repository import FinalResult, aware
 from worker.deps import Deps
-from worker.publisher import Publisher
+from worker.publisher import Publisher, PublishRefused
 
 log = logging.getLogger("sse_relay.worker")
 _SAVE_TRIES = 3
+# Beyond a hook's timeout: its worker's store write of the outcome, and clocks that differ a little.
+_HOOK_MARGIN_S = 2.0
 
 
 @dataclass(slots=True)
@@ -43,7 +45,12 @@ async def finish(
     deps: Deps, state: GenerationState, attempt: int, publisher: Publisher, text: str, reasoning: str, end: Ending
 ) -> str:
     """-> the attempt's outcome ('done', 'error', 'cancelled', or why the terminal event was refused)."""
-    await publisher.settle()
+    try:
+        await publisher.settle()
+    except PublishRefused as refused:
+        # Stale (a newer attempt took over while this one waited for Redis) or already ended: the caller
+        # decides what that means for the arq job; this attempt writes nothing more.
+        return refused.result.outcome
     terminal_id = next_stream_id(publisher.last_id, int(time.time() * 1000))
     finished_at = datetime.now(UTC)
     result = FinalResult(
@@ -103,15 +110,31 @@ async def _publish_terminal(publisher: Publisher, result: FinalResult, text: str
     return await publisher.finish(payload, end.status, fields, result.terminal_event_id)
 
 
-async def run_on_complete(deps: Deps, generation_id: str, takeover_after: timedelta | None = None) -> None:
+async def _until_abandoned(deps: Deps, generation_id: str, lease: timedelta) -> None:
+    """Waits (holding this job's lease) until a `running` hook claim is older than `lease`, if there is one."""
+    record = await deps.store.get(generation_id)
+    started = aware(record.hook_started_at) if record is not None and record.hook_status == "running" else None
+    if started is not None:
+        wait = (started + lease - datetime.now(UTC)).total_seconds() + 0.1
+        if wait > 0:
+            log.info("on_complete for %s: waiting %.1f s for the earlier worker's claim to lapse", generation_id, wait)
+            await asyncio.sleep(wait)
+
+
+async def run_on_complete(deps: Deps, generation_id: str, after_lapse: bool = False) -> None:
     """Runs the hook if it still has to run: exactly once per `done` generation, whichever attempt gets here.
 
     The claim in the store makes concurrent or repeated calls safe; a worker that dies mid-hook leaves a
-    `running` claim that another worker may take over after 2 x HOOK_TIMEOUT_S, or after `takeover_after`
-    (at-least-once in that window: hooks get the generation id to make that idempotent).
+    `running` claim that another worker may take over after 2 x HOOK_TIMEOUT_S (the sweep), or, `after_lapse`
+    (this job ran again because the earlier try's lease lapsed), as soon as that hook's own timeout is surely
+    over: a live worker's hook has ended by then, so it does not run twice (a synchronous hook still running
+    in its thread past its timeout is the exception; hooks get the generation id to be idempotent).
     """
     settings = deps.settings
-    lease = takeover_after or timedelta(seconds=settings.hook_timeout_s * 2)
+    lease = timedelta(seconds=settings.hook_timeout_s * 2)
+    if after_lapse:
+        lease = timedelta(seconds=settings.hook_timeout_s + _HOOK_MARGIN_S)
+        await _until_abandoned(deps, generation_id, lease)
     for _ in range(settings.hook_max_attempts):
         claimed = await deps.store.claim_hook(generation_id, settings.hook_max_attempts, lease)
         if claimed is None:

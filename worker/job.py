@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
 from typing import Any
 
 from arq import Retry
@@ -12,14 +11,13 @@ from arq import Retry
 from shared import events
 from shared.errors import ErrorCode
 from shared.hooks import call
-from shared.jobs import StoredRequest
 from shared.retry import TRANSIENT, until_redis_answers
 from shared.state import GenerationState
 from shared.tasks import cancel_and_wait
 from worker.completion import Ending, finish, run_on_complete
 from worker.deps import Deps
 from worker.publisher import Publisher, PublishRefused
-from worker.upstream import Opening, Outcome, UpstreamError, stream_pieces
+from worker.upstream import Outcome, UpstreamError, stream_pieces
 
 log = logging.getLogger("sse_relay.worker")
 
@@ -31,23 +29,11 @@ class CancelRequested(Exception):
     """A caller asked to cancel; raised in the job when the watcher sees the flag."""
 
 
-async def run_generation(ctx: dict[str, Any], generation_id: str, request_json: str | None = None) -> dict[str, str]:
-    """arq entry point. Returns a plain dict: no exception object ever reaches an arq result.
-
-    `request_json`: the request as stored with the generation, carried by the job so that the provider call
-    can start while the claim is on its way (jobs enqueued without it use the stored one).
-    """
+async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, str]:
+    """arq entry point. Returns a plain dict: no exception object ever reaches an arq result."""
     deps: Deps = ctx["deps"]
-    job_try = int(ctx.get("job_try", 1))
-    early = None
-    if request_json is not None and job_try <= deps.settings.job_max_tries:
-        early = Opening(deps.client, StoredRequest.model_validate_json(request_json))
     # The lease was set when the job was taken (worker/pickup.py) and is renewed until arq is done with it.
-    try:
-        status = await _run(deps, generation_id, job_try, early)
-    finally:
-        if early is not None:
-            await early.discard()  # a no-op once the attempt has read the stream to its end
+    status = await _run(deps, generation_id, int(ctx.get("job_try", 1)))
     if status == "stale":
         # A newer attempt runs elsewhere (this one's lease lapsed). Keep the arq job queued, deferred past a
         # lease renewal, so that it stays the newer attempt's crash insurance instead of being deleted.
@@ -55,22 +41,19 @@ async def run_generation(ctx: dict[str, Any], generation_id: str, request_json: 
     return {"status": status}
 
 
-async def _run(deps: Deps, generation_id: str, job_try: int, early: Opening | None) -> str:
+async def _run(deps: Deps, generation_id: str, job_try: int) -> str:
     # Repeating a claim whose reply was lost only skips an attempt number.
     claim = await until_redis_answers(lambda: deps.generations.claim(generation_id), f"claiming {generation_id}")
     if claim.outcome == "terminal":
-        # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed. A hook
-        # runs under its job's lease; this job running again means that lease lapsed, so a `running` claim
-        # older than the time from a renewal to the lease's end (>= 2/3 of it; half, for clock skew) was
-        # made by a worker that is gone.
-        lapsed = timedelta(seconds=deps.settings.job_lease_s / 2) if job_try > 1 else None
-        await run_on_complete(deps, generation_id, lapsed)
+        # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed. Running
+        # again means the earlier try's lease lapsed: its worker is likely gone, maybe mid-hook.
+        await run_on_complete(deps, generation_id, after_lapse=job_try > 1)
         return "terminal"
     state = claim.state
     if state is None:
         log.info("generation %s not started: %s", generation_id, claim.outcome)
         return "missing"
-    attempt = Attempt(deps, state, claim.attempt, early)
+    attempt = Attempt(deps, state, claim.attempt)
     if job_try > deps.settings.job_max_tries:
         # The earlier tries died with their workers (lease lost each time): end it for good.
         return await attempt.end(Ending("error", ErrorCode.WORKER_LOST))
@@ -80,9 +63,8 @@ async def _run(deps: Deps, generation_id: str, job_try: int, early: Opening | No
 class Attempt:
     """One attempt of one generation."""
 
-    def __init__(self, deps: Deps, state: GenerationState, attempt: int, opening: Opening | None = None) -> None:
+    def __init__(self, deps: Deps, state: GenerationState, attempt: int) -> None:
         self.deps = deps
-        self.opening = opening
         self.state = state
         self.attempt = attempt
         self.context = state.request.error_context or "-"
@@ -110,6 +92,7 @@ class Attempt:
         except TimeoutError:
             return await self.end(Ending("error", ErrorCode.UPSTREAM_TIMEOUT))
         except asyncio.CancelledError:
+            self.publisher.abandon()
             raise  # worker shutdown or arq timeout: arq retries, and the next attempt starts with `reset`
         except Exception as exc:
             log.exception("generation %s [%s] failed: %s", self.state.id, self.context, type(exc).__name__)
@@ -139,9 +122,7 @@ class Attempt:
         finished.result()  # a finished task keeps its outcome: re-raises the pump's error or CancelRequested
 
     async def _pump(self) -> None:
-        opening = self.opening or Opening(self.deps.client, self.state.request)
-        self.opening = opening
-        async for piece in stream_pieces(opening, self.outcome):
+        async for piece in stream_pieces(self.deps.client, self.state.request, self.outcome):
             (self.text if piece.kind == "content" else self.reasoning).append(piece.text)
             await self.publisher.add(piece.kind, piece.text)
             if self.publisher.cancel_requested:

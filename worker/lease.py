@@ -14,7 +14,6 @@ import logging
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-from shared.retry import TRANSIENT
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("sse_relay.worker")
@@ -42,7 +41,7 @@ class Leases:
         return self._lease_ms
 
     def add(self, job_id: str) -> None:
-        """From the job's start (worker/pickup.py sets the first lease) to the end of arq's book-keeping."""
+        """From the job's take (worker/pickup.py sets the first lease) until arq is about to finish it."""
         self._held.add(job_id)
 
     def discard(self, job_id: str) -> None:
@@ -56,7 +55,7 @@ class Leases:
                 continue
             try:
                 await self._renew(list(self._held))
-            except TRANSIENT as exc:  # keep trying: the jobs ride out the outage on their own
+            except Exception as exc:  # keep trying: a dead renewal task would let every later job's lease lapse
                 if not failing:
                     log.warning("lease renewal for %d jobs failed: %s; retrying", len(self._held), type(exc).__name__)
                 failing = True

@@ -86,6 +86,11 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await deps.store.engine.dispose()
 
 
+async def job_end(ctx: dict[str, Any]) -> None:
+    """Before arq's finish_job deletes the in-progress key, so that no renewal brings it back afterwards."""
+    ctx["leases"].discard(ctx["job_id"])
+
+
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     """Every few minutes: hooks still owed (a worker died mid-hook), and results past their retention."""
     deps: Deps = ctx["deps"]
@@ -123,6 +128,7 @@ class WorkerSettings:
     cron_jobs: ClassVar[list[Any]] = [cron(sweep, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True)]
     on_startup = startup
     on_shutdown = shutdown
+    on_job_end = job_end
     # A worker started while Redis is away waits for it (a minute) instead of exiting after arq's 5 s.
     redis_settings = RedisSettings.from_dsn(_settings.redis_url)
     redis_settings.conn_retries = 60

@@ -7,12 +7,14 @@ worker.main (like the poll loop in worker/wakeup.py and worker/resilience.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
+from redis.exceptions import ResponseError
 
 from worker.lease import Leases
 from worker.wakeup import woken_jobs
@@ -27,6 +29,7 @@ redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
 return score
 """
 
+log = logging.getLogger("sse_relay.worker")
 _StartJobs = Callable[[Worker, list[bytes]], Coroutine[Any, Any, None]]
 
 
@@ -53,6 +56,10 @@ async def start_jobs(self: Worker, job_ids: list[bytes]) -> None:
         try:
             keys = [in_progress_key_prefix + job_id, self.queue_name]
             score = await script(keys=keys, args=[job_id, timestamp_ms(), leases.lease_ms])
+        except ResponseError as exc:
+            # Redis refused the write (out of memory, read-only replica): like arq, skip the job this round.
+            log.warning("taking job %s failed: %s", job_id, type(exc).__name__)
+            score = None
         except BaseException:
             self._release_sem_dec_counter_on_complete()  # Redis went away: give the slot back
             raise

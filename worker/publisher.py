@@ -138,7 +138,8 @@ class Publisher:
 
     async def _drain(self, raise_failure: bool = True) -> None:
         if self._flushing is not None and not self._flushing.done():
-            await asyncio.shield(self._flushing)
+            # wait(), not the task itself: its outcome is kept in _failure, and cancelling us must not cancel it.
+            await asyncio.wait({self._flushing})
         if raise_failure:
             self._raise_failure()
 
@@ -198,6 +199,13 @@ class Publisher:
     def close(self) -> None:
         """Stop the timer; an in-flight write is left to finish (its job is ending anyway)."""
         self._cancel_timer()
+
+    def abandon(self) -> None:
+        """The job was cancelled (shutdown, timeout): stop writing, even a write retrying through an outage.
+        The next attempt starts with `reset`; what this one sent is never sent again."""
+        self._cancel_timer()
+        if self._flushing is not None:
+            self._flushing.cancel()
 
 
 def _now() -> float:

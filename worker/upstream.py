@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ import pydantic
 from shared.config import Settings
 from shared.errors import ErrorCode
 from shared.jobs import StoredRequest
-from shared.tasks import cancel_and_wait
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -59,8 +57,8 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
-async def open_stream(client: openai.AsyncOpenAI, request: StoredRequest) -> openai.AsyncStream[Any]:
-    """The provider call, up to its response headers (the SDK's retries happen here, before any token)."""
+async def stream_pieces(client: openai.AsyncOpenAI, request: StoredRequest, outcome: Outcome) -> AsyncIterator[Piece]:
+    """Yields the answer's pieces; raises UpstreamError for every failure, including a truncated stream."""
     try:
         stream: openai.AsyncStream[Any] = await client.chat.completions.create(  # type: ignore[call-overload]
             model=request.model,
@@ -69,33 +67,6 @@ async def open_stream(client: openai.AsyncOpenAI, request: StoredRequest) -> ope
             stream_options={"include_usage": True},
             **request.provider_args,
         )
-    except Exception as exc:
-        raise UpstreamError(classify(exc), describe(exc)) from None
-    return stream
-
-
-class Opening:
-    """A provider call under way, started as early as possible (time to first token): by the job before its
-    claim returns, so that the claim's round trip and the call's overlap."""
-
-    def __init__(self, client: openai.AsyncOpenAI, request: StoredRequest) -> None:
-        self._task = asyncio.ensure_future(open_stream(client, request))
-
-    async def stream(self) -> openai.AsyncStream[Any]:
-        return await self._task
-
-    async def discard(self) -> None:
-        """Not used after all (the claim was refused, or the attempt ended): cancel or close it."""
-        if not self._task.done():
-            await cancel_and_wait(self._task)
-        elif not self._task.cancelled() and self._task.exception() is None:
-            await self._task.result().close()
-
-
-async def stream_pieces(opening: Opening, outcome: Outcome) -> AsyncIterator[Piece]:
-    """Yields the answer's pieces; raises UpstreamError for every failure, including a truncated stream."""
-    stream = await opening.stream()
-    try:
         # `async with` closes the upstream response when this generator is closed or cancelled.
         async with stream:
             async for chunk in stream:

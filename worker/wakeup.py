@@ -53,8 +53,9 @@ async def wakeable_poll(step: float = 0.5) -> AsyncGenerator[float, None]:
     event = _wake().event
     while True:
         before = loop.time()
-        yield before - start
+        # Cleared before the iteration, not after: a wake-up that arrives during it ends the next sleep.
         event.clear()
+        yield before - start
         remaining = step - (loop.time() - before)
         if remaining > 0:
             with contextlib.suppress(TimeoutError):

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from httpx_sse import EventSource
+from redis.asyncio import Redis
 
 from cli.embedded_redis import free_port
 from shared.ids import parse_stream_id
@@ -173,6 +174,8 @@ async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
             DATABASE_URL=database_url,
             SSE_RELAY_API_KEYS=API_KEY,
             JOB_MAX_TRIES="4",
+            # A hook claim left by a killed worker is taken over once its timeout is surely over.
+            HOOK_TIMEOUT_S="2",
             UPSTREAM_MAX_RETRIES="2",
         ) as stack:  # fmt: skip
             cluster = Cluster(stack, redis)
@@ -314,6 +317,25 @@ async def _check(
     report.violations += _secret_violations(stack, outcomes, await redis_dump(cluster.redis.url),
                                             await store_dump(database_url))  # fmt: skip
     report.violations += [f"process exited on its own: {name}" for name in cluster.dead_processes()]
+    report.violations += await _leftover_jobs(cluster)
+
+
+async def _leftover_jobs(cluster: Cluster) -> list[str]:
+    """Every job ends: once the clients are done, the queue and the in-progress keys empty out (a deferred
+    retry of a stale attempt may take a few seconds to find its generation ended)."""
+    redis = Redis.from_url(cluster.redis.url)
+    queue = cluster.stack.env["SSE_RELAY_QUEUE_NAME"]
+    try:
+        for _ in range(300):
+            # Generations' jobs only: the worker's cron sweep has jobs of its own.
+            queued = [job for job in await redis.zrange(queue, 0, -1) if job.startswith(b"gen_")]
+            running = [key async for key in redis.scan_iter("arq:in-progress:gen_*")]
+            if not queued and not running:
+                return []
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
+    return [f"{len(queued)} jobs still queued and {len(running)} in progress after every generation ended"]
 
 
 async def _completions(workdir: Path, outcomes: list[Outcome]) -> dict[str, int]:
@@ -321,7 +343,7 @@ async def _completions(workdir: Path, outcomes: list[Outcome]) -> dict[str, int]
     path = workdir / "completions.log"
     done = {o.generation_id for o in outcomes if o.events and o.events[-1][1]["type"] == "done"}
     counts: Counter[str] = Counter()
-    for _ in range(100):
+    for _ in range(200):
         lines = path.read_text().splitlines() if path.exists() else []
         counts = Counter(line.split()[0] for line in lines)
         if done <= set(counts):
