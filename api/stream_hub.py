@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from shared.config import Settings
 from shared.ids import parse_stream_id
 from shared.keys import GenerationKeys
+from shared.redis_client import bounded_pool
 from shared.streams import Entry, is_terminal, read_range
 from shared.tasks import cancel_and_wait
 
@@ -55,8 +56,6 @@ class _Shard:
         # XREAD's replies as Redis sends them: redis-py's default callback turns every entry's fields into a
         # dict, which was a quarter of the API's CPU at 1,000 busy streams (py-spy, BENCHMARKS.md).
         self.reader.set_response_callback("XREAD", _raw_reply)
-        # CLIENT UNBLOCK is one short command: it borrows from the process's bounded pool, not a connection
-        # of its own per shard.
         self.control = control
         self.block_ms = block_ms
         self.followed: dict[str, _Followed] = {}
@@ -142,7 +141,13 @@ class StreamHub:
     def __init__(self, settings: Settings, streams: Redis, shards: int) -> None:
         self.settings = settings
         self.streams = streams
-        self.shards = [_Shard(settings.streams_url, settings.sse_read_block_ms, streams) for _ in range(shards)]
+        # One connection for every shard's CLIENT UNBLOCK: while clients keep joining, a waker sends them back
+        # to back, and from the process's command pool they held half of it (requests then waited for a
+        # connection past its timeout: 503s at 5,000 streams).
+        self.control = Redis.from_pool(
+            bounded_pool(settings.streams_url, 1, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+        )
+        self.shards = [_Shard(settings.streams_url, settings.sse_read_block_ms, self.control) for _ in range(shards)]
         self._checks: dict[str, asyncio.Future[int]] = {}
 
     def start(self) -> None:
@@ -154,6 +159,7 @@ class StreamHub:
         await cancel_and_wait(*tasks)
         for shard in self.shards:
             await shard.reader.aclose()
+        await self.control.aclose()
 
     def _shard(self, key: str) -> _Shard:
         return self.shards[zlib.crc32(key.encode()) % len(self.shards)]
