@@ -18,8 +18,8 @@ from shared.store.repository import ResultStore
 # Bounded pools: a burst of requests waits for a connection instead of opening one per concurrent command.
 # Every command the API sends is one short round trip (the stream hub's reads and wake-ups have their own
 # connections: one per shard and one), and one event loop cannot keep more than a few in flight usefully; so
-# a handful per process, whatever the load: 4 + 2 here, 3 in the hub with the default 2 shards.
-STREAMS_CONNECTIONS = 4
+# a handful per process, whatever the load: 5 + 2 here, 3 in the hub with the default 2 shards.
+STREAMS_CONNECTIONS = 5
 QUEUE_CONNECTIONS = 2
 
 

@@ -11,8 +11,10 @@ from redis.asyncio.cluster import RedisCluster
 from shared.config import Settings
 
 StreamsRedis = Redis | RedisCluster
-# How long a command waits for a free connection of a bounded pool before it fails (ConnectionError).
-POOL_TIMEOUT_S = 10.0
+# How long a command waits for a free connection of a bounded pool before it fails (ConnectionError): long
+# enough for a burst (10,000 clients connecting, 5,000 POSTs at once) to be served in turn; at 10 s a few of
+# those requests failed.
+POOL_TIMEOUT_S = 30.0
 
 
 def streams_client(settings: Settings, max_connections: int | None = None, **options: Any) -> StreamsRedis:
