@@ -153,6 +153,7 @@ def targets(doc: Doc) -> list[Target]:
     connections = [
         tput.get("api_redis_connections_max"),
         _get(doc, "many_clients", "result", "relay", "api_redis_connections_max"),
+        *(p["processes"]["api"]["redis_connections_max"] for p in _get(doc, "curve", "result", "points") or []),
         *(
             r["relay"]["processes"]["api"]["redis_connections_max"]
             for mode in _get(doc, "delivery", "result", "modes") or []
@@ -181,7 +182,7 @@ def targets(doc: Doc) -> list[Target]:
         ),
         Target(
             "redis_connections",
-            f"a handful (<= {HANDFUL_OF_CONNECTIONS}) of Redis connections held by the API",
+            f"a handful (<= {HANDFUL_OF_CONNECTIONS}) of Redis connections held by the API (every scenario)",
             max_connections,
             lambda v: v <= HANDFUL_OF_CONNECTIONS,
             _num(max_connections) + " (max sampled)",
