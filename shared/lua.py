@@ -63,6 +63,27 @@ for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(result, v) en
 return result
 """
 
+# A worker takes a generation's arq job and claims the generation in one round trip (queue and streams on one
+# Redis): arq's in-progress key as the job's lease, then CLAIM. KEYS: events, state (CLAIM's), in-progress
+# key, queue. ARGV: now (s, CLAIM's), job id, now (ms), lease (ms). Returns false if the job is not to be
+# taken (running elsewhere, finished, deferred), else {score, CLAIM's reply...}.
+TAKE_AND_CLAIM = (
+    """
+if redis.call('EXISTS', KEYS[3]) == 1 then return false end
+local score = redis.call('ZSCORE', KEYS[4], ARGV[2])
+if not score or tonumber(score) > tonumber(ARGV[3]) then return false end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
+local function claim()
+"""
+    + CLAIM
+    + """
+end
+local reply = claim()
+table.insert(reply, 1, score)
+return reply
+"""
+)
+
 # A caller cancels. Queued: the terminal event is written here, so the provider is never called.
 # Running: a flag the worker polls; the worker writes the terminal event and closes the upstream request.
 # ARGV: maxlen, finished_ttl, event_json, now. Returns {outcome, status}.

@@ -84,6 +84,18 @@ class GenerationState:
         )
 
 
+def parse_claim(generation_id: str, reply: list[Any]) -> Claim:
+    """The CLAIM script's reply (also the tail of worker/pickup.py's take-and-claim script's)."""
+    outcome, attempt, xlen, *flat = reply
+    raw = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    state = GenerationState.from_hash(generation_id, raw) if _text(outcome) == "ok" and "request" in raw else None
+    return Claim(outcome=_text(outcome), attempt=int(attempt), had_output=int(xlen) > 0, state=state)  # type: ignore[arg-type]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Generations:
     """All reads and writes of generation state, for both the API and the worker."""
 
@@ -141,10 +153,8 @@ class Generations:
 
     async def claim(self, generation_id: str) -> Claim:
         keys = self.keys(generation_id)
-        outcome, attempt, xlen, *flat = await self._claim(keys=[keys.events, keys.state], args=[repr(time.time())])
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        state = GenerationState.from_hash(generation_id, raw) if outcome == "ok" and "request" in raw else None
-        return Claim(outcome=outcome, attempt=int(attempt), had_output=int(xlen) > 0, state=state)
+        reply = await self._claim(keys=[keys.events, keys.state], args=[repr(time.time())])
+        return parse_claim(generation_id, reply)
 
     async def publish(
         self,

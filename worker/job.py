@@ -12,7 +12,7 @@ from shared import events
 from shared.errors import ErrorCode
 from shared.hooks import call
 from shared.retry import TRANSIENT, until_redis_answers
-from shared.state import GenerationState
+from shared.state import Claim, GenerationState
 from shared.tasks import cancel_and_wait
 from worker.completion import Ending, finish, run_on_complete
 from worker.deps import Deps
@@ -33,7 +33,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, s
     """arq entry point. Returns a plain dict: no exception object ever reaches an arq result."""
     deps: Deps = ctx["deps"]
     # The lease was set when the job was taken (worker/pickup.py) and is renewed until arq is done with it.
-    status = await _run(deps, generation_id, int(ctx.get("job_try", 1)))
+    status = await _run(deps, generation_id, int(ctx.get("job_try", 1)), ctx.get("claims", {}))
     if status == "stale":
         # A newer attempt runs elsewhere (this one's lease lapsed). Keep the arq job queued, deferred past a
         # lease renewal, so that it stays the newer attempt's crash insurance instead of being deleted.
@@ -41,9 +41,12 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, s
     return {"status": status}
 
 
-async def _run(deps: Deps, generation_id: str, job_try: int) -> str:
-    # Repeating a claim whose reply was lost only skips an attempt number.
-    claim = await until_redis_answers(lambda: deps.generations.claim(generation_id), f"claiming {generation_id}")
+async def _run(deps: Deps, generation_id: str, job_try: int, claims: dict[str, Claim]) -> str:
+    # Claimed when the job was taken (worker/pickup.py), or now. Repeating a claim whose reply was lost only
+    # skips an attempt number.
+    claim = claims.pop(generation_id, None)
+    if claim is None:
+        claim = await until_redis_answers(lambda: deps.generations.claim(generation_id), f"claiming {generation_id}")
     if claim.outcome == "terminal":
         # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed. Running
         # again means the earlier try's lease lapsed: its worker is likely gone, maybe mid-hook.

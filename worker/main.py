@@ -52,6 +52,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     wake_redis = Redis.from_url(_settings.redis_url, socket_timeout=None)
     ctx["wake_redis"] = wake_redis
     ctx["wake_task"] = asyncio.ensure_future(wakeup.listen(wake_redis, wake_key(_settings.key_prefix)))
+    ctx["claims"] = {}  # generation id -> Claim made with the job's take (worker/pickup.py)
     leases = ctx["leases"] = Leases(ctx["redis"], _settings.job_lease_s)
     leases.start()
     ctx["deps"] = Deps(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import arq.worker
@@ -27,6 +27,8 @@ class _Wake:
 
     event: asyncio.Event = field(default_factory=asyncio.Event)
     job_ids: list[bytes] = field(default_factory=list)
+    # Set by worker/pickup.py once arq's Worker runs: starts a job at once, False if it has no room now.
+    starter: Callable[[bytes], Awaitable[bool]] | None = None
 
 
 _wakes: dict[asyncio.AbstractEventLoop, _Wake] = {}
@@ -37,6 +39,10 @@ def _wake() -> _Wake:
     if loop not in _wakes:
         _wakes[loop] = _Wake()
     return _wakes[loop]
+
+
+def bind_starter(starter: Callable[[bytes], Awaitable[bool]]) -> None:
+    _wake().starter = starter
 
 
 def woken_jobs() -> list[bytes]:
@@ -79,6 +85,20 @@ async def listen(redis: Redis, key: str, block_s: int = 5) -> None:
             log.warning("wake-up listener: %s; retrying", type(exc).__name__)
             await asyncio.sleep(1.0)
             continue
-        if popped:
+        if popped and not await _start(wake, popped[1]):
+            # No room (or not started yet): arq's next poll iteration starts it first.
             wake.job_ids.append(popped[1])
             wake.event.set()
+
+
+async def _start(wake: _Wake, job_id: bytes) -> bool:
+    """Start the job from here, without waiting for arq's poll loop to come round."""
+    if wake.starter is None:
+        return False
+    try:
+        return await wake.starter(job_id)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # Redis away: the poll loop has it as a fallback
+        log.warning("starting woken job: %s", type(exc).__name__)
+        return False
