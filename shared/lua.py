@@ -1,7 +1,14 @@
 """Lua scripts behind every write to a generation: one atomic step each, so races between API and worker are safe.
 
-All scripts take KEYS[1] = the events stream, KEYS[2] = the state hash (same `{id}` hash tag).
+The scripts on one generation take KEYS[1] = the events stream, KEYS[2] = the state hash (same `{id}` hash
+tag). A combined script calls the ones it combines as Lua functions, so each step is written once.
 """
+
+
+def _function(name: str, body: str) -> str:
+    """A script as a Lua function of its own KEYS and ARGV, so that a combined script reuses it unchanged."""
+    return f"local function {name}(KEYS, ARGV)\n{body}end\n"
+
 
 # Append events for the current attempt. Refuses once a terminal event exists (exactly one terminal event)
 # or when the caller's attempt is not the current one (a stale worker after a retry writes nothing).
@@ -63,22 +70,27 @@ for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(result, v) en
 return result
 """
 
-# A worker takes a generation's arq job and claims the generation in one round trip (queue and streams on one
-# Redis): arq's in-progress key as the job's lease, then CLAIM. KEYS: events, state (CLAIM's), in-progress
-# key, queue. ARGV: now (s, CLAIM's), job id, now (ms), lease (ms). Returns false if the job is not to be
-# taken (running elsewhere, finished, deferred), else {score, CLAIM's reply...}.
-TAKE_AND_CLAIM = (
-    """
-if redis.call('EXISTS', KEYS[3]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[4], ARGV[2])
-if not score or tonumber(score) > tonumber(ARGV[3]) then return false end
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
-local function claim()
+# A worker takes an arq job: arq's in-progress key, set as the job's short lease (worker/pickup.py; arq's own
+# start_jobs takes four round trips). KEYS: in-progress key, queue. ARGV: job id, now (ms), lease (ms).
+# Returns the job's score, or false if it runs elsewhere, already finished, or is deferred to later.
+TAKE_JOB = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+return score
 """
-    + CLAIM
+
+# TAKE_JOB, then CLAIM, in one round trip (queue and streams on one Redis). KEYS: events, state (CLAIM's),
+# in-progress key, queue. ARGV: now (s, CLAIM's), job id, now (ms), lease (ms). Returns false if the job is not
+# to be taken, else {score, CLAIM's reply...}.
+TAKE_AND_CLAIM = (
+    _function("take", TAKE_JOB)
+    + _function("claim", CLAIM)
     + """
-end
-local reply = claim()
+local score = take({KEYS[3], KEYS[4]}, {ARGV[2], ARGV[3], ARGV[4]})
+if not score then return false end
+local reply = claim({KEYS[1], KEYS[2]}, {ARGV[1]})
 table.insert(reply, 1, score)
 return reply
 """
@@ -104,31 +116,7 @@ redis.call('HSET', KEYS[2], 'cancel', '1')
 return {'cancelling', st[1]}
 """
 
-# Admit, create a generation and enqueue its arq job in one round trip (queue and streams on the same Redis).
-# KEYS: state hash, arq job key, arq result key, arq queue (zset), wake list, the caller's active zset.
-# ARGV: live_ttl, job_ttl_ms, serialized job, score, job id, wake_max, then ADMIT's now, deadline, limit,
-#       ttl, then state field/value pairs.
-# Returns 1, 0 if a job with that id exists (nothing written), -1 if the caller is at its limit (nothing
-# written). Mirrors arq's enqueue_job.
-CREATE_AND_ENQUEUE = """
-if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return 0 end
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[7])
-if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[9]) then return -1 end
-redis.call('ZADD', KEYS[6], ARGV[8], ARGV[5])
-redis.call('EXPIRE', KEYS[6], ARGV[10])
-local fields = {}
-for i = 11, #ARGV do table.insert(fields, ARGV[i]) end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('PSETEX', KEYS[2], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
-redis.call('LPUSH', KEYS[5], ARGV[5])
-redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[6]) - 1)
-redis.call('EXPIRE', KEYS[5], 60)
-return 1
-"""
-
-# Wake one worker after a job was enqueued separately (queue and streams on different servers).
+# Wake one worker after a job was enqueued (on its own when queue and streams are on different servers).
 # ARGV: wake_max, job id (the woken worker starts that job without looking through the queue first).
 WAKE = """
 redis.call('LPUSH', KEYS[1], ARGV[2])
@@ -147,3 +135,26 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
+
+# Admit, create a generation and enqueue its arq job in one round trip (queue and streams on the same Redis).
+# KEYS: state hash, arq job key, arq result key, arq queue (zset), wake list, the caller's active zset.
+# ARGV: live_ttl, job_ttl_ms, serialized job, score, job id, wake_max, then ADMIT's now, deadline, limit,
+#       ttl, then state field/value pairs.
+# Returns 1, 0 if a job with that id exists (nothing written), -1 if the caller is at its limit (nothing
+# written). Mirrors arq's enqueue_job.
+CREATE_AND_ENQUEUE = (
+    _function("admit", ADMIT)
+    + _function("wake", WAKE)
+    + """
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return 0 end
+if admit({KEYS[6]}, {ARGV[7], ARGV[8], ARGV[5], ARGV[9], ARGV[10]}) == 0 then return -1 end
+local fields = {}
+for i = 11, #ARGV do table.insert(fields, ARGV[i]) end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('PSETEX', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+wake({KEYS[5]}, {ARGV[6], ARGV[5]})
+return 1
+"""
+)

@@ -19,21 +19,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from shared.ids import GENERATION_ID_RE
-from shared.lua import TAKE_AND_CLAIM
+from shared.lua import TAKE_AND_CLAIM, TAKE_JOB
 from shared.state import parse_claim
 from worker.deps import Deps
 from worker.lease import Leases
 from worker.wakeup import bind_starter, woken_jobs
-
-# KEYS: the job's in-progress key, the queue. ARGV: job id, now (ms), lease (ms).
-# Returns the job's score, or false if it runs elsewhere, already finished, or is deferred to later.
-TAKE_JOB = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
-return score
-"""
 
 log = logging.getLogger("sse_relay.worker")
 _StartJobs = Callable[[Worker, list[bytes]], Coroutine[Any, Any, None]]
@@ -113,7 +103,7 @@ _PollIteration = Callable[[Worker], Coroutine[Any, Any, None]]
 
 def _woken_first(poll_iteration: _PollIteration) -> _PollIteration:
     async def wrapper(self: Worker) -> None:
-        if self.__dict__.setdefault("_sse_relay_bound", False) is False:
+        if "_sse_relay_bound" not in self.__dict__:
             self.__dict__["_sse_relay_bound"] = True
             bind_starter(lambda job_id: _start_woken(self, job_id))
         # The jobs a wake-up named start before arq looks through the queue: one round trip fewer.

@@ -11,9 +11,8 @@ from redis.asyncio import Redis
 from shared.config import Settings
 from shared.ids import new_generation_id
 from shared.jobs import StoredRequest
-from shared.lua import TAKE_AND_CLAIM
+from shared.lua import TAKE_AND_CLAIM, TAKE_JOB
 from shared.state import Generations, parse_claim
-from worker.pickup import TAKE_JOB
 
 
 async def test_a_due_job_is_taken_once_under_the_lease(redis: Redis) -> None:
