@@ -1,10 +1,10 @@
 """sse_relay: Python clients of an sse-relay service that resume dropped streams by themselves.
 
-    from sse_relay import RelayClient
+from sse_relay import RelayClient
 
-    with RelayClient("http://127.0.0.1:8000") as relay:
-        for event in relay.stream("Tell me a story"):
-            print(event.type, event.data)
+with RelayClient("http://127.0.0.1:8000") as relay:
+    for event in relay.stream("Tell me a story"):
+        print(event.type, event.data)
 """
 
 from __future__ import annotations
