@@ -39,7 +39,9 @@ class Services:
 # Dependencies are `async def` even where nothing awaits: FastAPI runs a plain `def` one in a worker thread,
 # a hop per dependency per request (measured in the time to first token).
 async def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
+    # The relay's own app keeps them on app.state; api.helper's read router, mounted in an app of the
+    # user's own, puts them on the request.
+    services: Services = getattr(request.state, "services", None) or request.app.state.services
     return services
 
 

@@ -8,15 +8,18 @@ generation is created and enqueued when the response is served, then streamed th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from fastapi import Response
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from api.deps import ANONYMOUS, Services
-from api.errors import ApiError, error_response
+from api.errors import ApiError, describe_validation, error_response
+from api.routes.generations import add_read_routes
 from api.service import created_response, start_generation
 from api.wiring import open_services
 from shared.config import Settings, get_settings
@@ -24,7 +27,7 @@ from shared.hooks import UnknownHook
 from shared.jobs import StoredRequest
 from shared.messages import ChatMessage, build_messages
 
-__all__ = ["build_messages", "handle_openai_stream"]
+__all__ = ["build_messages", "handle_openai_stream", "relay_read_router"]
 
 Hook = str | Callable[..., Any] | None
 _SERVICES: dict[asyncio.AbstractEventLoop, Services] = {}
@@ -104,3 +107,33 @@ def handle_openai_stream(
         "error_context": error_context,
     }
     return _RelayResponse(request, metadata or {}, owner, background)
+
+
+class _RelayRoute(APIRoute):
+    """A relay read route inside an app of the user's own: it brings the relay's connections (the same ones
+    `handle_openai_stream` uses) and answers errors in the relay's JSON shape without the app's handlers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            request.state.services = await relay_services()
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.message, exc.headers)
+            except RequestValidationError as exc:
+                return error_response(422, "validation_error", describe_validation(list(exc.errors())))
+            except (RedisError, OSError):
+                return error_response(503, "redis_unavailable", "The service's Redis is unreachable; try again.")
+
+        return route
+
+
+def relay_read_router() -> APIRouter:
+    """The relay's read routes under /v1/generations (events with resume, status, cancel, list), for an app
+    whose routes start generations with `handle_openai_stream`: `app.include_router(relay_read_router())`
+    makes the `Location` those routes answer resolvable, so its clients can resume."""
+    router = APIRouter(prefix="/v1/generations", tags=["sse-relay"], route_class=_RelayRoute)
+    add_read_routes(router)
+    return router

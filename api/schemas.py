@@ -96,6 +96,28 @@ class GenerationView(BaseModel):
     on_complete: HookStatus | None = None
 
 
+class GenerationSummary(BaseModel):
+    """One item of GET /v1/generations: a generation without its text (GET /v1/generations/{id} has it)."""
+
+    id: str
+    status: Status
+    model: str
+    finish_reason: str | None
+    usage: dict[str, Any] | None
+    error: GenerationError | None
+    metadata: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class GenerationPage(BaseModel):
+    """GET /v1/generations: the caller's generations, newest first."""
+
+    items: list[GenerationSummary]
+    next: str | None = Field(description="Cursor of the next page (pass it as `after`); null on the last page.")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -163,7 +163,7 @@ async def save_cancelled(services: Services, generation_id: str) -> None:
 
 
 def created_response(started: Started, background: bool, services: Services) -> Response:
-    url = f"/v1/generations/{started.id}"
+    url = f"{services.settings.public_url.rstrip('/')}/v1/generations/{started.id}"
     headers = {"X-Generation-Id": started.id, "Location": url}
     events_url = f"{url}/events"
     if started.token is not None:

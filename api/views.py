@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from api.schemas import GenerationError, GenerationView, HookStatus
+from api.schemas import GenerationError, GenerationSummary, GenerationView, HookStatus
 from shared.errors import SAFE_MESSAGES, error_code_of
 from shared.state import GenerationState
 from shared.store.models import GenerationRecord
@@ -66,4 +66,34 @@ def stored_view(record: GenerationRecord) -> GenerationView:
         started_at=_iso(record.started_at),
         finished_at=_iso(record.finished_at),
         on_complete=hook,
+    )
+
+
+def live_summary(state: GenerationState) -> GenerationSummary:
+    return GenerationSummary(
+        id=state.id,
+        status=state.status,
+        model=state.model,
+        finish_reason=state.finish_reason,
+        usage=state.usage,
+        error=_error(state.error_code),
+        metadata=state.metadata,
+        created_at=_iso(state.created_at) or "",
+        started_at=_iso(state.started_at),
+        finished_at=_iso(state.finished_at),
+    )
+
+
+def stored_summary(record: GenerationRecord) -> GenerationSummary:
+    return GenerationSummary(
+        id=record.id,
+        status=record.status,  # type: ignore[arg-type]
+        model=record.model,
+        finish_reason=record.finish_reason,
+        usage=record.usage,
+        error=_error(record.error_code),
+        metadata=record.meta,
+        created_at=_iso(record.created_at) or "",
+        started_at=_iso(record.started_at),
+        finished_at=_iso(record.finished_at),
     )

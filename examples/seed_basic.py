@@ -3,9 +3,12 @@
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from api.helper import build_messages, handle_openai_stream
+from api.helper import build_messages, handle_openai_stream, relay_read_router
 
 app = FastAPI()
+# The relay's read routes: the `Location` each answer carries (/v1/generations/<id>) resolves here, so a
+# client can resume (GET .../events with Last-Event-ID), read the result or cancel.
+app.include_router(relay_read_router())
 
 
 @app.post("/api/my-endpoint")

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     cors_allow_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="CORS_ALLOW_ORIGINS"
     )
+    # Where clients reach the relay's read routes, when the generation was started by a route of another app
+    # (api.helper): `Location` and `events_url` then point there instead of at the app's own path.
+    public_url: str = Field(default="", validation_alias="SSE_RELAY_PUBLIC_URL")
     sse_ping_s: float = Field(default=15.0, gt=0, validation_alias="SSE_PING_S")
     sse_send_timeout_s: float = Field(default=30.0, gt=0, validation_alias="SSE_SEND_TIMEOUT_S")
     sse_read_block_ms: int = Field(default=5_000, ge=100, validation_alias="SSE_READ_BLOCK_MS")

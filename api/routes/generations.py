@@ -10,7 +10,16 @@ from fastapi.responses import JSONResponse
 from api import metrics
 from api.body import generation_create
 from api.deps import CallerDep, Found, GenerationDep, ReadableDep, ServicesDep, find_generation, not_found
-from api.schemas import ErrorBody, GenerationCreate, GenerationCreated, GenerationStatus, GenerationView
+from api.listing import list_generations
+from api.schemas import (
+    ErrorBody,
+    GenerationCreate,
+    GenerationCreated,
+    GenerationPage,
+    GenerationStatus,
+    GenerationView,
+    Status,
+)
 from api.service import created_response, save_cancelled, start_generation
 from api.sse import frames, is_at_or_after, replay_plan, resume_point, sse_response, stored_entries, stored_frames
 from api.views import live_view, stored_view
@@ -84,11 +93,6 @@ async def create_generation(
     return created_response(started, background, services)
 
 
-@router.get(
-    "/{generation_id}/events",
-    responses={200: _SSE, 204: {"description": "Resumed at the terminal event: nothing more"}, **_ERRORS},
-    summary="Replay and follow a generation's events (EventSource-compatible)",
-)
 async def generation_events(
     services: ServicesDep,
     found: ReadableDep,
@@ -113,7 +117,6 @@ async def _events_response(services: ServicesDep, found: Found, resume: str | No
     return sse_response(services.settings, metrics.track_stream(body), headers)
 
 
-@router.get("/{generation_id}", response_model=GenerationView, responses=_ERRORS, summary="A generation's status")
 async def get_generation(services: ServicesDep, found: ReadableDep) -> GenerationView:
     state = found.state
     if state is None or state.terminal_id is not None:
@@ -127,13 +130,6 @@ async def get_generation(services: ServicesDep, found: ReadableDep) -> Generatio
     return live_view(state, folded.text, folded.reasoning)
 
 
-@router.post(
-    "/{generation_id}/cancel",
-    response_model=GenerationStatus,
-    status_code=202,
-    responses={200: {"model": GenerationStatus}, **_ERRORS},
-    summary="Cancel a generation (idempotent)",
-)
 async def cancel_generation(services: ServicesDep, found: GenerationDep) -> JSONResponse:
     if found.state is None:
         assert found.record is not None
@@ -152,3 +148,52 @@ async def cancel_generation(services: ServicesDep, found: GenerationDep) -> JSON
 
 def _status(generation_id: str, status: str, code: int) -> JSONResponse:
     return JSONResponse({"id": generation_id, "status": status}, status_code=code)
+
+
+async def list_own_generations(
+    services: ServicesDep,
+    caller: CallerDep,
+    status: Annotated[Status | None, Query(description="Only generations with this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=200, description="The `next` cursor of the previous page")] = None,
+) -> GenerationPage:
+    return await list_generations(services, caller, status, limit, after)
+
+
+def add_read_routes(target: APIRouter) -> None:
+    """Every route but create: on the relay's own router, and on `api.helper.relay_read_router()`'s."""
+    target.add_api_route(
+        "",
+        list_own_generations,
+        methods=["GET"],
+        response_model=GenerationPage,
+        responses=_ERRORS,
+        summary="The caller's own generations, newest first (cursor pagination)",
+    )
+    target.add_api_route(
+        "/{generation_id}/events",
+        generation_events,
+        methods=["GET"],
+        responses={200: _SSE, 204: {"description": "Resumed at the terminal event: nothing more"}, **_ERRORS},
+        summary="Replay and follow a generation's events (EventSource-compatible)",
+    )
+    target.add_api_route(
+        "/{generation_id}",
+        get_generation,
+        methods=["GET"],
+        response_model=GenerationView,
+        responses=_ERRORS,
+        summary="A generation's status",
+    )
+    target.add_api_route(
+        "/{generation_id}/cancel",
+        cancel_generation,
+        methods=["POST"],
+        response_model=GenerationStatus,
+        status_code=202,
+        responses={200: {"model": GenerationStatus}, **_ERRORS},
+        summary="Cancel a generation (idempotent)",
+    )
+
+
+add_read_routes(router)

@@ -44,4 +44,6 @@ class GenerationRecord(Base):
     __table_args__ = (
         Index("ix_generations_finished_at", "finished_at"),
         Index("ix_generations_hook_status", "hook_status"),
+        # GET /v1/generations: one owner's records, newest first.
+        Index("ix_generations_owner_created_at", "owner", "created_at"),
     )

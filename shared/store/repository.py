@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, case, delete, select, update
+from sqlalchemy import Table, and_, case, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import defer
 
 from shared.store.db import sessions
 from shared.store.models import GenerationRecord
@@ -104,6 +105,24 @@ class ResultStore:
     async def get(self, generation_id: str) -> GenerationRecord | None:
         async with self._sessions() as session:
             return await session.get(GenerationRecord, generation_id)
+
+    async def list_owned(
+        self, owner: str, status: str | None, before: tuple[datetime, str] | None, limit: int
+    ) -> list[GenerationRecord]:
+        """An owner's records, newest first ((created_at, id) descending), strictly before `before`; without
+        their text (a list shows what there is, not the answers)."""
+        record = GenerationRecord
+        statement = select(record).where(record.owner == owner).options(defer(record.text), defer(record.reasoning))
+        if status is not None:
+            statement = statement.where(record.status == status)
+        if before is not None:
+            created, generation_id = before
+            statement = statement.where(
+                or_(record.created_at < created, and_(record.created_at == created, record.id < generation_id))
+            )
+        statement = statement.order_by(record.created_at.desc(), record.id.desc()).limit(limit)
+        async with self._sessions() as session:
+            return list((await session.execute(statement)).scalars())
 
     async def claim_hook(self, generation_id: str, max_attempts: int, lease: timedelta) -> int | None:
         """Take the right to run on_complete now; -> the attempt number, or None if it is done or taken.

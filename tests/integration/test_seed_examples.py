@@ -13,7 +13,8 @@ import pytest
 
 from cli.embedded_redis import free_port
 from demo.model import answer_for
-from tests.support.sse import assert_well_formed, read_events, text_of
+from sse_relay import RelayClient
+from tests.support.sse import EventReader, assert_well_formed, read_events, text_of
 from tests.support.stack import ROOT, Process, Stack, wait_for
 
 
@@ -21,9 +22,12 @@ from tests.support.stack import ROOT, Process, Stack, wait_for
 def example_apps(stack: Stack) -> Iterator[dict[str, str]]:
     urls: dict[str, str] = {}
     started: list[Process] = []
-    for module in ("seed_basic", "seed_callbacks"):
+    # seed_basic mounts the relay's read routes itself; seed_callbacks points clients at the relay instead.
+    envs = {"seed_basic": stack.env, "seed_callbacks": {**stack.env, "SSE_RELAY_PUBLIC_URL": stack.api_url}}
+    for module, env in envs.items():
         port = free_port()
-        process = stack.start(f"example-{module}", ["-m", "uvicorn", f"examples.{module}:app", "--port", str(port)])
+        args = ["-m", "uvicorn", f"examples.{module}:app", "--port", str(port)]
+        process = stack.start(f"example-{module}", args, env=env)
         started.append(process)
         urls[module] = f"http://127.0.0.1:{port}"
         wait_for(lambda url=urls[module]: _answers(url), module, process)
@@ -80,3 +84,33 @@ async def test_callbacks_example_runs_hooks_on_the_worker(example_apps: dict[str
         view = (await api.get(f"/v1/generations/{generation_id}")).json()
     assert view["on_complete"]["name"] == "examples.story_hooks:save_story"
     assert view["on_complete"]["status"] == "ok"
+
+
+async def test_a_client_of_the_basic_example_resumes_at_its_location(example_apps: dict[str, str]) -> None:
+    url = example_apps["seed_basic"]
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", f"{url}/api/my-endpoint", json={"prompt": "Hello"}) as response:
+            location = response.headers["location"]
+            before = await EventReader(response).take(2)  # then the connection drops
+        # The Location the helper answered resolves in the example app itself.
+        view = await client.get(f"{url}{location}")
+        assert view.status_code == 200 and view.json()["id"] == response.headers["x-generation-id"]
+    generation_id = location.rsplit("/", 1)[1]
+    with RelayClient(url) as relay:
+        rest = list(relay.events(generation_id, last_event_id=before[-1].id))
+        assert relay.get(generation_id).status == "done"
+    messages = [{"role": "system", "content": "You are a helpful assistant"}, {"role": "user", "content": "Hello"}]
+    head = "".join(e.data["data"] for e in before if e.type == "content")
+    assert head + "".join(e.data for e in rest if e.type == "content") == answer_for(messages)
+    assert [e.type for e in rest][-1] == "done"  # and nothing twice: the text above would show it
+
+
+async def test_with_a_public_url_the_location_points_at_the_relay(example_apps: dict[str, str], stack: Stack) -> None:
+    url = f"{example_apps['seed_callbacks']}/api/weaver/generate"
+    async with httpx.AsyncClient(timeout=30) as client, client.stream("POST", url) as response:
+        location = response.headers["location"]
+        await EventReader(response).take(1)
+    assert location == f"{stack.api_url}/v1/generations/{response.headers['x-generation-id']}"
+    with RelayClient(stack.api_url) as relay:
+        result = relay.events(location.rsplit("/", 1)[1]).result()
+    assert result.text == answer_for([{"role": "user", "content": "User input..."}])
