@@ -122,9 +122,10 @@ async def test_upgrade_creates_generations_table_with_its_indexes_at_head(store:
     assert schema["indexes"] == {
         "ix_generations_finished_at": ["finished_at"],
         "ix_generations_hook_status": ["hook_status"],
+        "ix_generations_owner_created_at": ["owner", "created_at"],
     }
-    assert migrations_head() == "0002"
-    assert await alembic_versions(store) == ["0002"]
+    assert migrations_head() == "0003"
+    assert await alembic_versions(store) == ["0003"]
 
 
 async def test_migrations_match_the_models(store: ResultStore) -> None:
