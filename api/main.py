@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.limits import BodySizeLimit
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(generations.router)
     app.include_router(ops.router)
+    # The browser module (/static/sse-relay.js) ships inside the package, so it is served offline and versioned.
+    app.mount("/static", StaticFiles(packages=[("api", "static")]), name="static")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_allow_origins:
         app.add_middleware(

@@ -101,7 +101,10 @@ async def test_operations_endpoints(client: httpx.AsyncClient) -> None:
     metrics = await client.get("/metrics")
     assert "sse_relay_generations_created_total" in metrics.text
     page = await client.get("/")
-    assert page.status_code == 200 and "<textarea" in page.text and "/v1/generations" in page.text
+    assert page.status_code == 200 and "<textarea" in page.text and "/static/sse-relay.js" in page.text
+    module = await client.get("/static/sse-relay.js")
+    assert module.status_code == 200 and "javascript" in module.headers["content-type"]
+    assert "export class RelayClient" in module.text
     schema = (await client.get("/openapi.json")).json()
     body = schema["paths"]["/v1/generations"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/GenerationCreate"

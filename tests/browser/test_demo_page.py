@@ -1,0 +1,95 @@
+"""The demo page at / in a real Chromium against the real stack: streams, reattaches after a reload, stops."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+from playwright.async_api import Page, expect
+
+from demo.model import answer_for
+from tests.support.stack import Stack
+
+STEADY = "".join(f"[{i:03d}]" for i in range(60))
+
+
+def expected(prompt: str) -> str:
+    return answer_for([{"role": "user", "content": prompt}])
+
+
+async def send(page: Page, stack: Stack, prompt: str, model: str) -> None:
+    await page.goto(f"{stack.api_url}/")
+    await page.get_by_test_id("prompt").fill(prompt)
+    await page.get_by_test_id("model").fill(model)
+    await page.get_by_test_id("send").click()
+
+
+def generation_id(page: Page) -> str:
+    match = re.search(r"[?&]id=([^&#]+)", page.url)
+    assert match, f"no generation id in the URL {page.url}"
+    return match.group(1)
+
+
+async def test_the_page_streams_a_full_answer_with_its_timings(page: Page, stack: Stack, tmp_path: Path) -> None:
+    prompt = "Tell me about streams"
+    await send(page, stack, prompt, "demo@delay_ms=10")
+    await expect(page.get_by_test_id("status")).to_have_text("Done", timeout=30_000)
+    await expect(page.get_by_test_id("output")).to_have_text(expected(prompt), use_inner_text=False)
+    await expect(page.get_by_test_id("ttft")).to_have_text(re.compile(r"^\d+ ms$"))
+    await expect(page.get_by_test_id("tps")).to_have_text(re.compile(r"^\d+\.\d$"))
+    assert generation_id(page)
+    await page.screenshot(path=str(tmp_path / "done.png"), full_page=True)
+
+
+async def test_a_reload_mid_answer_ends_with_the_exact_answer_once(page: Page, stack: Stack) -> None:
+    resumed_from: list[str | None] = []
+    page.on(
+        "request",
+        lambda request: (
+            resumed_from.append(request.headers.get("last-event-id")) if request.url.endswith("/events") else None
+        ),
+    )
+    await send(page, stack, f"echo:{STEADY}", "demo@chunk=3,delay_ms=30")
+    output = page.get_by_test_id("output")
+    await expect(output).to_have_text(re.compile(r"^\[000\]\[001\]\[002\]"), timeout=30_000)
+    await expect(page.get_by_test_id("status")).to_have_text("Streaming")
+    await page.reload()
+    await expect(page.get_by_test_id("status")).to_have_text("Done", timeout=30_000)
+    await expect(output).to_have_text(STEADY, use_inner_text=False)
+    # It resumed from the last event it had saved, not by replaying everything from the start.
+    assert resumed_from and resumed_from[0] is not None, resumed_from
+    # Reloading a finished answer shows it again, as it was.
+    await page.reload()
+    await expect(page.get_by_test_id("status")).to_have_text("Done")
+    await expect(output).to_have_text(STEADY, use_inner_text=False)
+
+
+async def test_stop_cancels_the_generation(page: Page, stack: Stack, client: httpx.AsyncClient) -> None:
+    await send(page, stack, "Go slowly", "demo@delay_ms=150")
+    await expect(page.get_by_test_id("output")).not_to_be_empty(timeout=30_000)
+    await page.get_by_test_id("stop").click()
+    status = page.get_by_test_id("status")
+    await expect(status).to_have_text("Cancelled", timeout=15_000)
+    record = (await client.get(f"/v1/generations/{generation_id(page)}")).json()
+    assert record["status"] == "cancelled"
+    # A cancel is an outcome the user chose, not an error: not shown in red.
+    assert not is_red(await status.evaluate("element => getComputedStyle(element).color"))
+    assert (await page.get_by_test_id("output").text_content()) == record["text"]
+
+
+async def test_an_error_is_shown_in_red(page: Page, stack: Stack, client: httpx.AsyncClient) -> None:
+    await send(page, stack, "Fail please", "status-400")
+    status = page.get_by_test_id("status")
+    await expect(status).to_have_attribute("data-state", "error", timeout=30_000)
+    record = (await client.get(f"/v1/generations/{generation_id(page)}")).json()
+    assert record["error"]["code"] == "upstream_bad_request"
+    await expect(status).to_have_text(record["error"]["message"])
+    assert is_red(await status.evaluate("element => getComputedStyle(element).color"))
+
+
+def is_red(css_color: str) -> bool:
+    match = re.fullmatch(r"rgba?\((\d+), (\d+), (\d+)(?:, [\d.]+)?\)", css_color)
+    assert match, css_color
+    red, green, blue = (int(part) for part in match.groups())
+    return red >= 150 and green <= 90 and blue <= 90
