@@ -1,4 +1,5 @@
-"""Browser fixtures: one headless Chromium per session, a fresh context (own storage) per test."""
+"""Browser fixtures: one headless Chromium for the browser tests (gone before the rest of the suite runs), and
+a fresh context (its own storage) per test."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from tests.support.chromium import running_chromium
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def browser(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Browser]:
     with running_chromium(tmp_path_factory.mktemp("chromium")) as endpoint:
         async with async_playwright() as playwright:

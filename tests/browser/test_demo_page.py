@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import httpx
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from demo.model import answer_for
 from tests.support.stack import Stack
@@ -42,7 +42,7 @@ async def test_the_page_streams_a_full_answer_with_its_timings(page: Page, stack
     await page.screenshot(path=str(tmp_path / "done.png"), full_page=True)
 
 
-async def test_a_reload_mid_answer_ends_with_the_exact_answer_once(page: Page, stack: Stack) -> None:
+async def test_a_reload_mid_answer_ends_with_the_exact_answer_once(page: Page, browser: Browser, stack: Stack) -> None:
     resumed_from: list[str | None] = []
     page.on(
         "request",
@@ -63,6 +63,15 @@ async def test_a_reload_mid_answer_ends_with_the_exact_answer_once(page: Page, s
     await page.reload()
     await expect(page.get_by_test_id("status")).to_have_text("Done")
     await expect(output).to_have_text(STEADY, use_inner_text=False)
+    # The link alone (another tab, no saved state) replays the generation from its start: the same answer.
+    other = await browser.new_context()
+    try:
+        fresh = await other.new_page()
+        await fresh.goto(page.url)
+        await expect(fresh.get_by_test_id("status")).to_have_text("Done", timeout=30_000)
+        await expect(fresh.get_by_test_id("output")).to_have_text(STEADY, use_inner_text=False)
+    finally:
+        await other.close()
 
 
 async def test_stop_cancels_the_generation(page: Page, stack: Stack, client: httpx.AsyncClient) -> None:
