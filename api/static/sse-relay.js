@@ -119,6 +119,11 @@ export async function sha256Hex(text) {
 }
 
 const TERMINAL = new Set(["done", "error"]);
+
+function randomKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16)); // unlike randomUUID, also outside secure contexts
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
 // Answers worth another try: the API restarting or overloaded, a proxy in between timing out.
 const RETRYABLE_STATUS = new Set([408, 425, 429, 500, 502, 503, 504]);
 
@@ -224,9 +229,10 @@ export class RelayClient {
    */
   stream(body, { signal, onOpen, onRetry, idempotencyKey } = {}) {
     const position = new Position();
-    const open = (connection) => this.#post(body, position, connection, idempotencyKey);
-    // Repeating a POST that may have reached the server starts a second generation, unless a key dedupes it.
-    open.repeatable = Boolean(idempotencyKey);
+    // Every start carries an Idempotency-Key, so a POST retried after a drop attaches to the generation it may
+    // already have started instead of starting a second one.
+    const key = idempotencyKey ?? randomKey();
+    const open = (connection) => this.#post(body, position, connection, key);
     return exposed(this.#follow(position, open, { signal, onOpen, onRetry }), position);
   }
 
@@ -337,7 +343,6 @@ export class RelayClient {
       } catch (caught) {
         error = caught;
         if (signal?.aborted) throw abortError(signal);
-        if (first && !open.repeatable) throw caught;
         if (caught instanceof RelayError && !caught.retryable && caught.code !== "idle_timeout") throw caught;
       } finally {
         connection.close();
@@ -363,7 +368,7 @@ export class RelayClient {
 
   async #post(body, position, connection, idempotencyKey) {
     const headers = this.#headers({ "Content-Type": "application/json", Accept: "text/event-stream" });
-    if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
+    headers["Idempotency-Key"] = idempotencyKey;
     const response = await this.#fetch(new URL("v1/generations", this.baseUrl), {
       method: "POST",
       headers,
@@ -451,11 +456,11 @@ function accept(message, position) {
 
 async function verify(text, length, sha256, id) {
   if (typeof length === "number" && codePointLength(text) !== length) {
-    throw new RelayError("integrity", `The assembled text has ${codePointLength(text)} characters, done says ${length}.`, { id });
+    throw new RelayError("integrity_mismatch", `The assembled text has ${codePointLength(text)} characters, done says ${length}.`, { id });
   }
   // crypto.subtle exists only in secure contexts; over plain http to another host the length check stands alone.
   if (typeof sha256 === "string" && globalThis.crypto?.subtle && (await sha256Hex(text)) !== sha256) {
-    throw new RelayError("integrity", "The assembled text does not match done's sha256.", { id });
+    throw new RelayError("integrity_mismatch", "The assembled text does not match done's sha256.", { id });
   }
 }
 

@@ -88,6 +88,7 @@ async def test_parsing_and_resume_rules_on_scripted_bytes(page: Page, stack: Sta
     )
     emoji = second.encode().index("🌍".encode()) + 2
     responses = [
+        {"status": 503, "chunks": []},  # the POST meets an API that is restarting: sent again, same key
         {"status": 200, "chunks": split_bytes(first, cut_in_e, crlf)},
         {"status": 503, "chunks": []},  # an API restarting: retried
         {"status": 200, "chunks": split_bytes(second, emoji)},
@@ -100,9 +101,11 @@ async def test_parsing_and_resume_rules_on_scripted_bytes(page: Page, stack: Sta
     assert seen[:3] == [("1-0", "content", "hé"), ("2-0", "content", " 你"), ("3-0", "content", "!")]
     assert [event_id for event_id, _, _ in seen] == ["1-0", "2-0", "3-0", "4-0", "5-0", "6-0"]
     calls = outcome["calls"]
-    assert [call["method"] for call in calls] == ["POST", "GET", "GET"]
-    assert calls[1]["url"].endswith("/v1/generations/gen_scripted/events")
-    assert [call["headers"].get("Last-Event-ID") for call in calls[1:]] == ["3-0", "3-0"]
+    assert [call["method"] for call in calls] == ["POST", "POST", "GET", "GET"]
+    keys = {call["headers"]["Idempotency-Key"] for call in calls[:2]}
+    assert len(keys) == 1 and len(keys.pop()) >= 32
+    assert calls[2]["url"].endswith("/v1/generations/gen_scripted/events")
+    assert [call["headers"].get("Last-Event-ID") for call in calls[2:]] == ["3-0", "3-0"]
 
 
 async def test_a_done_that_does_not_match_the_text_is_an_integrity_error(page: Page, stack: Stack) -> None:
@@ -111,7 +114,7 @@ async def test_a_done_that_does_not_match_the_text_is_an_integrity_error(page: P
     text = "\U0001d49c and more"
     wrong = frame("1-0", {"type": "content", "data": text}) + frame("2-0", done(text, sha256="0" * 64))
     outcome = await run_scripted(page, stack, [{"status": 200, "chunks": split_bytes(wrong)}])
-    assert outcome["error"]["code"] == "integrity", outcome
+    assert outcome["error"]["code"] == "integrity_mismatch", outcome
     assert "sha256" in outcome["error"]["message"]
 
 
