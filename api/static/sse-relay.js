@@ -293,8 +293,8 @@ export class RelayClient {
         id,
       });
     }
-    const { length, sha256, finish_reason: finishReason = null, usage = null } = terminal.data ?? {};
-    await verify(text, length, sha256, id);
+    const { finish_reason: finishReason = null, usage = null } = terminal.data ?? {};
+    await checkDone(text, terminal, id);
     return { id, status: "done", text, reasoning, finishReason, usage };
   }
 
@@ -454,7 +454,12 @@ function accept(message, position) {
   return { ...payload, id: message.id || null };
 }
 
-async function verify(text, length, sha256, id) {
+/**
+ * Check text assembled from `content` events (after the last `reset`) against the `done` event's length and
+ * sha256; throws RelayError `integrity_mismatch`. For a reader of its own; `generate` already does it.
+ */
+export async function checkDone(text, done, id = null) {
+  const { length, sha256 } = done?.data ?? {};
   if (typeof length === "number" && codePointLength(text) !== length) {
     throw new RelayError("integrity_mismatch", `The assembled text has ${codePointLength(text)} characters, done says ${length}.`, { id });
   }

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
 import httpx
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from demo.model import answer_for
 from tests.support.stack import Stack
@@ -36,6 +37,8 @@ async def test_the_page_streams_a_full_answer_with_its_timings(page: Page, stack
     await send(page, stack, prompt, "demo@delay_ms=10")
     await expect(page.get_by_test_id("status")).to_have_text("Done", timeout=30_000)
     await expect(page.get_by_test_id("output")).to_have_text(expected(prompt), use_inner_text=False)
+    # The page checked what it shows against done's length (in code points) and sha256.
+    await expect(page.get_by_test_id("output")).to_have_attribute("data-verified", "true")
     await expect(page.get_by_test_id("ttft")).to_have_text(re.compile(r"^\d+ ms$"))
     await expect(page.get_by_test_id("tps")).to_have_text(re.compile(r"^\d+\.\d$"))
     assert generation_id(page)
@@ -57,6 +60,7 @@ async def test_a_reload_mid_answer_ends_with_the_exact_answer_once(page: Page, b
     await page.reload()
     await expect(page.get_by_test_id("status")).to_have_text("Done", timeout=30_000)
     await expect(output).to_have_text(STEADY, use_inner_text=False)
+    await expect(output).to_have_attribute("data-verified", "true")
     # It resumed from the last event it had saved, not by replaying everything from the start.
     assert resumed_from and resumed_from[0] is not None, resumed_from
     # Reloading a finished answer shows it again, as it was.
@@ -102,3 +106,23 @@ def is_red(css_color: str) -> bool:
     assert match, css_color
     red, green, blue = (int(part) for part in match.groups())
     return red >= 150 and green <= 90 and blue <= 90
+
+
+async def test_an_answer_that_does_not_match_done_is_an_error(page: Page, stack: Stack) -> None:
+    # A relay (or a proxy in between) that lost a piece: the page must not present the text as the answer.
+    body = (
+        'id: 1-0\ndata: {"type":"content","data":"Hello"}\n\n'
+        'id: 2-0\ndata: {"type":"done","data":{"finish_reason":"stop","usage":null,"length":11,'
+        f'"sha256":"{hashlib.sha256(b"Hello world").hexdigest()}"}}}}\n\n'
+    )
+
+    async def lossy(route: Route) -> None:
+        headers = {"Content-Type": "text/event-stream", "X-Generation-Id": "gen_lossy"}
+        await route.fulfill(status=200, headers=headers, body=body)
+
+    await page.route("**/v1/generations", lossy)
+    await send(page, stack, "Hello", "demo")
+    status = page.get_by_test_id("status")
+    await expect(status).to_have_attribute("data-state", "error", timeout=15_000)
+    await expect(status).to_contain_text("characters")
+    await expect(page.get_by_test_id("output")).to_have_attribute("data-verified", "false")
