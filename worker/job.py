@@ -71,8 +71,8 @@ class Attempt:
         self.state = state
         self.attempt = attempt
         self.context = state.request.error_context or "-"
-        window = deps.settings.coalesce_ms / 1000
-        self.publisher = Publisher(deps.generations, state.id, attempt, window)
+        min_interval = deps.settings.coalesce_ms / 1000
+        self.publisher = Publisher(deps.generations, state.id, attempt, min_interval)
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.outcome = Outcome()
@@ -127,7 +127,7 @@ class Attempt:
     async def _pump(self) -> None:
         async for piece in stream_pieces(self.deps.client, self.state.request, self.outcome):
             (self.text if piece.kind == "content" else self.reasoning).append(piece.text)
-            await self.publisher.add(piece.kind, piece.text)
+            self.publisher.add(piece.kind, piece.text)
             if self.publisher.cancel_requested:
                 raise CancelRequested
             if self.on_content is not None and piece.kind == "content":

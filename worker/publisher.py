@@ -32,25 +32,29 @@ class _Write:
 
 
 class Publisher:
-    """Sends the first piece at once (time to first token), then coalesces for `window_s` per write.
+    """Writes a generation's pieces to its stream as fast as Redis takes them, one write at a time.
 
-    Consecutive pieces of one kind merge into one event, so a fast provider costs far less than a
-    Redis command per token. Cancellation requests ride back on every write's reply.
+    A piece goes out at once when no write is in flight; pieces that arrive during a write wait and go
+    together in the next one, consecutive pieces of one kind merged into one event. So an idle system sends
+    about one token per event with no added lag, and a busy worker or a slow Redis gets bigger batches (fewer
+    Redis commands and SSE frames per token) without a timer. `min_interval_s` (0: off) spaces writes out
+    further, at the cost of that much lag. Cancellation requests ride back on every write's reply.
 
-    Writes go out one at a time, in order, each with a sequence number. While Redis is unreachable a write
-    is retried until it gets through (pieces added meanwhile wait in memory); a write whose reply was lost,
-    or that was cancelled mid-call, is repeated with the same number first, so nothing is written twice.
+    Each write carries a sequence number. While Redis is unreachable a write is retried until it gets through
+    (pieces added meanwhile wait in memory); a write whose reply was lost, or that was cancelled mid-call, is
+    repeated with the same number first, so nothing is written twice.
     """
 
-    def __init__(self, generations: Generations, generation_id: str, attempt: int, window_s: float) -> None:
+    def __init__(self, generations: Generations, generation_id: str, attempt: int, min_interval_s: float = 0.0) -> None:
         self._generations = generations
         self._id = generation_id
         self._attempt = attempt
-        self._window_s = window_s
+        self._min_interval_s = min_interval_s
         self._pending: list[tuple[Literal["content", "reasoning"], str]] = []
-        self._last_flush = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Task[None] | None = None
+        self._next_write_at = 0.0
+        self._pause: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._handover = False
         self._failure: BaseException | None = None
         self._lock = asyncio.Lock()
         self._seq = 0
@@ -59,56 +63,62 @@ class Publisher:
         self.last_id: str | None = None
         self.last_write_at = 0.0
 
-    async def add(self, kind: Literal["content", "reasoning"], text: str) -> None:
-        self._raise_failure()
-        if self._pending and self._pending[-1][0] == kind:
-            self._pending[-1] = (kind, self._pending[-1][1] + text)
-        else:
-            self._pending.append((kind, text))
-        if self._lock.locked():
-            return  # the write in flight schedules the next one when it ends
-        if _now() >= self._last_flush + self._window_s:
-            await self.flush()
-        else:
-            self._schedule()
+    def add(self, kind: Literal["content", "reasoning"], text: str) -> None:
+        """Queue a piece; it is written in the background (a refused write surfaces on a later call)."""
+        if self._failure is not None:
+            raise self._failure
+        self._pending.append((kind, text))
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_behind())
 
-    def _schedule(self) -> None:
-        if self._timer is None and self._pending:
-            due = max(self._last_flush + self._window_s, _now())
-            self._timer = asyncio.get_running_loop().call_at(due, self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._timer = None
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.ensure_future(self._flush_in_background())
-
-    async def _flush_in_background(self) -> None:
+    async def _write_behind(self) -> None:
+        """Write until nothing is pending: what arrived during one write is the next write. Ends early when
+        a caller takes over (`_drain`), so that the last pieces ride with the caller's own payload."""
         try:
-            await self.flush()
+            async with self._lock:
+                while self._pending and not self._handover:
+                    if self._min_interval_s and not await self._waited_interval():
+                        break
+                    await self._repeat_unacked()
+                    await self._write(self._take())
         except BaseException as exc:  # surfaced to the job on its next add() or flush()
             self._failure = exc
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
+
+    async def _waited_interval(self) -> bool:
+        """Sleep out the minimum interval since the last write; False if a caller cut it short."""
+        delay = self._next_write_at - _now()
+        if delay <= 0:
+            return True
+        loop = asyncio.get_running_loop()
+        self._pause = pause = loop.create_future()
+        timer = loop.call_later(delay, _resolve, pause)
+        try:
+            await pause
+        finally:
+            timer.cancel()
+            self._pause = None
+        return not self._handover
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     async def flush(self) -> None:
-        self._cancel_timer()
+        """Write everything added so far now."""
+        await self._drain()
         async with self._lock:
             await self._repeat_unacked()
             if self._pending:
                 await self._write(self._take())
-        self._schedule()  # pieces added while this write was in flight
 
     async def publish(self, payload: str) -> None:
         """Pending pieces first, then `payload`, in one write."""
         await self._drain()
-        self._cancel_timer()
         async with self._lock:
             await self._repeat_unacked()
             await self._write([*self._take(), payload])
@@ -116,7 +126,10 @@ class Publisher:
     async def settle(self) -> None:
         """Everything added so far is written (so `last_id` is the newest entry of this attempt)."""
         await self._drain(raise_failure=False)
-        await self.flush()
+        async with self._lock:
+            await self._repeat_unacked()
+            if self._pending:
+                await self._write(self._take())
 
     async def finish(
         self, payload: str, status: Status, fields: dict[str, str], terminal_id: str | None = None
@@ -127,7 +140,6 @@ class Publisher:
         and the script refuses this write too if the stream is closed to this attempt.
         """
         await self._drain(raise_failure=False)
-        self._cancel_timer()
         async with self._lock:
             refused = await self._repeat_unacked(raise_refusal=False)
             if refused is not None:
@@ -137,16 +149,35 @@ class Publisher:
             return await self._send([*self._take(), payload], status, fields, terminal_id)
 
     async def _drain(self, raise_failure: bool = True) -> None:
-        if self._flushing is not None and not self._flushing.done():
-            # wait(), not the task itself: its outcome is kept in _failure, and cancelling us must not cancel it.
-            await asyncio.wait({self._flushing})
+        """Take over from the background writer: its write in flight ends, what is pending stays for us."""
+        writer = self._writer
+        if writer is not None:
+            self._handover = True
+            self._hurry()
+            try:
+                # wait(), not the task: its outcome is kept in _failure, and cancelling us must not cancel it.
+                await asyncio.wait({writer})
+            finally:
+                self._handover = False
         if raise_failure:
             self._raise_failure()
 
+    def _hurry(self) -> None:
+        if self._pause is not None:
+            _resolve(self._pause)
+
     def _take(self) -> list[str]:
+        """The pending pieces as events, consecutive pieces of one kind joined into one."""
         batch, self._pending = self._pending, []
-        self._last_flush = _now()
-        return [events.content(text) if kind == "content" else events.reasoning(text) for kind, text in batch]
+        self._next_write_at = _now() + self._min_interval_s
+        payloads: list[str] = []
+        start = 0
+        for end in range(1, len(batch) + 1):
+            if end == len(batch) or batch[end][0] != batch[start][0]:
+                text = "".join(piece for _, piece in batch[start:end])
+                payloads.append(events.content(text) if batch[start][0] == "content" else events.reasoning(text))
+                start = end
+        return payloads
 
     async def _repeat_unacked(self, raise_refusal: bool = True) -> PublishResult | None:
         """The write whose reply never came goes again, unchanged; the script drops it if it was applied."""
@@ -197,15 +228,19 @@ class Publisher:
         return result
 
     def close(self) -> None:
-        """Stop the timer; an in-flight write is left to finish (its job is ending anyway)."""
-        self._cancel_timer()
+        """The attempt stopped adding; a write in flight finishes, and the ending writes what is pending."""
 
     def abandon(self) -> None:
         """The job was cancelled (shutdown, timeout): stop writing, even a write retrying through an outage.
         The next attempt starts with `reset`; what this one sent is never sent again."""
-        self._cancel_timer()
-        if self._flushing is not None:
-            self._flushing.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _now() -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any, cast
@@ -28,8 +29,10 @@ async def test_a_stale_attempt_finishing_writes_nothing_and_says_stale(redis: Re
     first = await generations.claim(generation_id)
     assert first.state is not None
     publisher = Publisher(generations, generation_id, first.attempt, 60.0)
-    await publisher.add("content", "a")  # written at once
-    await publisher.add("content", "b")  # pending: the window is long
+    publisher.add("content", "a")  # written at once
+    while not await redis.xlen(generations.keys(generation_id).events):
+        await asyncio.sleep(0.01)
+    publisher.add("content", "b")  # pending: the minimum interval is long
     # Meanwhile (Redis was away longer than the lease) another worker took the generation over.
     assert (await generations.claim(generation_id)).attempt == first.attempt + 1
 
