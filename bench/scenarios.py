@@ -68,7 +68,7 @@ class Plan:
     idle_seconds: float = 20.0
     throughput_streams: int = 1000
     # One round: a relay round at 1,000 streams takes over a minute on 2 cores, and the curve repeats N=1,000.
-    throughput_rounds: int = 1
+    throughput_rounds: int = 3
     curve_levels: tuple[int, ...] = (10, 100, 1000, 5000)
     many_generations: int = 20
     many_per_generation: int = 500
@@ -86,7 +86,12 @@ class Plan:
     cost_chunk: int = 4
     cost_delay_ms: int = 10
     cost_tokens: int = 300
-    cost_windows: tuple[float, ...] = (0.0, 25.0, 50.0, 100.0, 150.0)
+    cost_saturated: int = 200
+    # cost: worker CPU per token vs the plain SDK loop.
+    cpu_streams: int = 40
+    cpu_tokens: int = 500
+    cpu_delay_ms: int = 5
+    cpu_rounds: int = 3
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -106,7 +111,10 @@ class Plan:
             delivery_streams=100,
             delivery_rounds=1,
             cost_streams=5,
-            cost_windows=(50.0,),
+            cost_saturated=50,
+            cpu_streams=50,
+            cpu_tokens=300,
+            cpu_rounds=1,
         )
 
 
@@ -433,146 +441,74 @@ def _scale_overrides(streams: int) -> dict[str, str]:
     }
 
 
-async def throughput(plan: Plan) -> Result:
-    """N live streams at once through the relay vs the MEMORY baseline: delivery rate, Redis cost."""
-    n, chunks, size, delay_ms = plan.throughput_streams, plan.chunks, plan.chunk_size, plan.delay_ms
+async def _levels(name: str, plan: Plan, levels: tuple[int, ...], rounds: int) -> Result:
+    """N live streams at once through the whole relay (API, worker, fake upstream) vs the bare Starlette
+    baseline serving the same events from memory, level by level, round by round: rate, TTFT, Redis cost."""
+    chunks, size, delay_ms = plan.chunks, plan.chunk_size, plan.delay_ms
     text = echo_text(chunks * size)
-    max_seconds = 60 + n * 0.05
-    with bench_stack("throughput", memory=True, overrides=_scale_overrides(n)) as stack:
+    points: list[Result] = []
+    with bench_stack(name, memory=True, overrides=_scale_overrides(max(levels))) as stack:
         relay_req = relay_request(stack, text, size, delay_ms)
         memory_req = memory_request(stack, chunks, size, delay_ms)
-        # Warm-up: imports, connection pools, the store's first writes.
         await run_batch([relay_req] * 20 + [memory_req] * 20, max_seconds=60, record_times=False)
-        client = _redis(stack)
-        port = redis_port(stack.redis_url)
-        pids = relay_pids(stack)
-        rounds: list[Result] = []
+        client, port, pids = _redis(stack), redis_port(stack.redis_url), relay_pids(stack)
         try:
-            idle_api_connections = tcp_connections(pids["api"], port)
-            # Other clients of a shared Redis server show up in commandstats; measure them with our stack idle.
-            noise_before, noise_started = redis_command_calls(client), time.monotonic()
-            await asyncio.sleep(3.0)
-            noise_calls = calls_delta(noise_before, redis_command_calls(client), _OWN_COMMANDS)
-            background_rate = sum(noise_calls.values()) / (time.monotonic() - noise_started)
-            for _ in range(plan.throughput_rounds):
+            for n, _ in itertools.product(levels, range(rounds)):
+                # Bounded: a saturated relay must not hold the suite; unfinished streams count as failed.
+                max_seconds = min(300.0, 60 + n * 0.05)
                 base = Batch(
-                    await run_batch([memory_req] * n, max_seconds=max_seconds, record_times=False),
+                    await run_batch([memory_req] * n, max_seconds=max_seconds, record_times=True),
                     len(text),
                     size,
                     delay_ms,
                 )
                 calls_before = redis_command_calls(client)
-                async with Sampler(pids, ("api", "worker"), port) as sampler:
-                    streams = await run_batch([relay_req] * n, max_seconds=max_seconds, record_times=False)
+                async with Sampler(pids, ("api", "worker"), port, interval=0.5) as sampler:
+                    streams = await run_batch([relay_req] * n, max_seconds=max_seconds, record_times=True)
                 calls = calls_delta(calls_before, redis_command_calls(client), _OWN_COMMANDS)
                 relay = Batch(streams, len(text), size, delay_ms).summary()
-                total_calls = sum(calls.values())
-                script_calls = sum(calls.get(name, 0) for name in _SCRIPT_COMMANDS)
-                corrected = max(0.0, total_calls - background_rate * sampler.elapsed)
-                baseline = base.summary()
-                rounds.append(
+                points.append(
                     {
-                        "baseline": baseline,
+                        "streams": n,
+                        "baseline": base.summary(),
                         "relay": relay,
-                        "ratio_tokens_per_s": relay["tokens_per_s"] / baseline["tokens_per_s"],
-                        "ratio_events_per_s": relay["events_per_s"] / baseline["events_per_s"],
-                        "redis_commands": total_calls,
-                        "redis_commands_corrected": corrected,
-                        "redis_commands_top": dict(list(calls.items())[:12]),
-                        "commands_per_content_event": total_calls / max(1, relay["content_events"]),
-                        "commands_per_token": total_calls / max(1.0, relay["tokens"]),
-                        "commands_per_token_corrected": corrected / max(1.0, relay["tokens"]),
-                        "script_calls": script_calls,
-                        "script_calls_per_token": script_calls / max(1.0, relay["tokens"]),
                         "processes": sampler.report(),
+                        # Server-wide (INFO commandstats): other clients of a shared Redis server count too.
+                        "commands_per_token": sum(calls.values()) / max(1.0, relay["tokens"]),
+                        "redis_commands_top": dict(Counter(calls).most_common(10)),
                     }
                 )
+                ratio = relay["tokens_per_s"] / points[-1]["baseline"]["tokens_per_s"]
+                progress(f"{name} {n}: relay {relay['tokens_per_s']:.0f} tok/s, {ratio * 100:.1f} % of the baseline")
+                if stack.check_alive():
+                    break  # a crashed process makes every later point meaningless
+                await asyncio.sleep(2.0)  # finished generations' bookkeeping settles before the next round
         finally:
             client.close()
         problems = log_problems(stack)
-
-    def med(path: Callable[[Result], float]) -> float:
-        return median([path(r) for r in rounds])
-
+    top = [p for p in points if p["streams"] == max(levels)]
     return {
-        "streams": n,
         "chunks_per_stream": chunks,
         "chunk_chars": size,
         "delay_ms": delay_ms,
-        "settings": _scale_overrides(n),
-        "rounds": rounds,
-        "median": {
-            "baseline_tokens_per_s": med(lambda r: r["baseline"]["tokens_per_s"]),
-            "relay_tokens_per_s": med(lambda r: r["relay"]["tokens_per_s"]),
-            "baseline_events_per_s": med(lambda r: r["baseline"]["events_per_s"]),
-            "relay_events_per_s": med(lambda r: r["relay"]["events_per_s"]),
-            "ratio_tokens_per_s": med(lambda r: r["ratio_tokens_per_s"]),
-            "ratio_events_per_s": med(lambda r: r["ratio_events_per_s"]),
-            "commands_per_content_event": med(lambda r: r["commands_per_content_event"]),
-            "commands_per_token": med(lambda r: r["commands_per_token"]),
-            "commands_per_token_corrected": med(lambda r: r["commands_per_token_corrected"]),
-            "script_calls_per_token": med(lambda r: r["script_calls_per_token"]),
-            "api_redis_connections_max": max(r["processes"]["api"]["redis_connections_max"] for r in rounds),
-            "worker_redis_connections_max": max(r["processes"]["worker"]["redis_connections_max"] for r in rounds),
-            "relay_failed": sum(r["relay"]["failed"] for r in rounds),
-            "baseline_failed": sum(r["baseline"]["failed"] for r in rounds),
-        },
-        "api_redis_connections_idle": idle_api_connections,
-        "redis_background_commands_per_s": background_rate,
-        "redis_connection_method": "established TCP connections to the Redis port owned by the API process "
-        "(its socket inodes in /proc/<pid>/fd matched against /proc/<pid>/net/tcp), sampled every 0.25 s",
+        "settings": _scale_overrides(max(levels)),
+        "points": points,
         "log_problems": problems,
+        "median": {
+            "streams": max(levels),
+            "ratio_tokens_per_s": median([p["relay"]["tokens_per_s"] / p["baseline"]["tokens_per_s"] for p in top]),
+            "relay_ttft_ms_p99": median([p["relay"]["ttft_ms_p99"] for p in top]),
+            "baseline_ttft_ms_p99": median([p["baseline"]["ttft_ms_p99"] for p in top]),
+        },
     }
+
+
+async def throughput(plan: Plan) -> Result:
+    return await _levels("throughput", plan, (plan.throughput_streams,), plan.throughput_rounds)
 
 
 async def curve(plan: Plan) -> Result:
-    """Delivery rate and per-token latency against concurrency, relay vs MEMORY baseline."""
-    chunks, size, delay_ms = plan.chunks, plan.chunk_size, plan.delay_ms
-    text = echo_text(chunks * size)
-    top = max(plan.curve_levels)
-    points: list[Result] = []
-    with bench_stack("curve", memory=True, overrides=_scale_overrides(top)) as stack:
-        relay_req = relay_request(stack, text, size, delay_ms)
-        memory_req = memory_request(stack, chunks, size, delay_ms)
-        await run_batch([relay_req] * 20 + [memory_req] * 20, max_seconds=60, record_times=False)
-        pids = relay_pids(stack)
-        port = redis_port(stack.redis_url)
-        for n in plan.curve_levels:
-            # Bounded: a saturated relay at 5,000 streams must not hold the suite; unfinished streams count as failed.
-            max_seconds = min(300.0, 60 + n * 0.05)
-            base = Batch(
-                await run_batch([memory_req] * n, max_seconds=max_seconds, record_times=True), len(text), size, delay_ms
-            )
-            async with Sampler(pids, ("api", "worker"), port, interval=0.5) as sampler:
-                streams = await run_batch([relay_req] * n, max_seconds=max_seconds, record_times=True)
-            relay = Batch(streams, len(text), size, delay_ms)
-            progress(
-                f"curve {n}: baseline {base.summary()['tokens_per_s']:.0f} tok/s, relay "
-                f"{relay.summary()['tokens_per_s']:.0f} tok/s"
-            )
-            points.append(
-                {
-                    "streams": n,
-                    "baseline": base.summary(),
-                    "relay": relay.summary(),
-                    "processes": sampler.report(),
-                    "dead_processes": stack.check_alive(),
-                }
-            )
-            if stack.check_alive():
-                break  # a crashed process makes every later point meaningless
-            # Let finished generations' bookkeeping (store writes, hooks) settle before the next level.
-            await asyncio.sleep(2.0)
-        problems = log_problems(stack)
-    return {
-        "chunks_per_stream": chunks,
-        "chunk_chars": size,
-        "delay_ms": delay_ms,
-        "settings": _scale_overrides(top),
-        "latency_definition": "gap between consecutive content events of one stream, minus delay_ms",
-        "points": points,
-        "log_problems": problems,
-    }
+    return await _levels("curve", plan, plan.curve_levels, 1)
 
 
 async def _hold(
@@ -828,9 +764,16 @@ async def _relay_delivery_round(
     args += ["--delay-ms", str(delay_ms), "--per-call", str(per_call)]
     log = (stack.logdir / f"producer-{tag}.log").open("w")
     producer = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.producer", *args,
-        cwd=ROOT, env=stack.env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "bench.producer",
+        *args,
+        cwd=ROOT,
+        env=stack.env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log,
+    )
     try:
         assert producer.stdin is not None and producer.stdout is not None
         ready = await asyncio.wait_for(producer.stdout.readline(), 60)
@@ -985,56 +928,44 @@ def _token_lateness_ms(streams: list[Stream], chunk: int) -> list[float]:
 
 
 async def redis_cost(plan: Plan) -> Result:
-    """Redis commands per delivered token through the whole relay (worker and API) at a realistic provider
-    rate, for several coalescing windows; counted by MONITOR (client round trips vs commands run by scripts)
-    and by INFO commandstats (server-wide)."""
-    n, chunk, delay_ms, tokens = plan.cost_streams, plan.cost_chunk, plan.cost_delay_ms, plan.cost_tokens
+    """Redis commands, tokens per event and token lateness through the whole relay, adaptive batching
+    (COALESCE_MS=0) against the former fixed 150 ms window, at light load and at saturation. Commands are
+    counted with MONITOR on the bench's database: sent by our processes (one round trip each, a script call
+    counting once) and run inside scripts."""
+    chunk, delay_ms, tokens = plan.cost_chunk, plan.cost_delay_ms, plan.cost_tokens
     text = echo_text(tokens * chunk)
-    default_window = Settings.model_fields["coalesce_ms"].default
     points: list[Result] = []
-    for window in (None, *plan.cost_windows):
-        if window == default_window:
-            continue
-        overrides = {} if window is None else {"COALESCE_MS": str(window)}
-        with bench_stack(f"redis_cost_{window}", overrides=overrides) as stack:
+    for (load, n), window in itertools.product(
+        (("light", plan.cost_streams), ("saturated", plan.cost_saturated)), (0, 150)
+    ):
+        with bench_stack(
+            f"redis_cost_{load}_{window}", overrides={**_scale_overrides(n), "COALESCE_MS": str(window)}
+        ) as stack:
             request = relay_request(stack, text, chunk, delay_ms)
             await run_batch([request] * 5, max_seconds=60, record_times=False)
-            client = _redis(stack)
             host, port = host_port(stack.redis_url)
-            db = int(urlsplit(stack.redis_url).path.strip("/") or 0)
-            pids = relay_pids(stack)
-            try:
-                async with MonitorCounter(host, port, db) as monitor:
-                    await asyncio.sleep(0.5)
-                    calls_before = redis_command_calls(client)
-                    monitor.counting = True
-                    async with Sampler(pids, ("api", "worker"), port) as sampler:
-                        streams = await run_batch([request] * n, max_seconds=120, record_times=True)
-                    await asyncio.sleep(0.5)  # the last commands reach the monitor
-                    monitor.counting = False
-                    calls = calls_delta(calls_before, redis_command_calls(client), _OWN_COMMANDS)
-            finally:
-                client.close()
+            async with MonitorCounter(host, port, int(urlsplit(stack.redis_url).path.strip("/") or 0)) as monitor:
+                await asyncio.sleep(0.5)
+                monitor.counting = True
+                async with Sampler(relay_pids(stack), ("api", "worker"), port) as sampler:
+                    streams = await run_batch([request] * n, max_seconds=300, record_times=True)
+                await asyncio.sleep(0.5)  # the last commands reach the monitor
+                monitor.counting = False
             problems = log_problems(stack)
-        batch = Batch(streams, len(text), chunk, delay_ms).summary()
-        delivered = batch["tokens"]
+        relay = Batch(streams, len(text), chunk, delay_ms).summary()
+        delivered = max(1.0, relay["tokens"])
         by_client = {k: v for k, v in monitor.by_client.most_common() if k not in (*_OWN_COMMANDS, "monitor")}
-        client_total = sum(by_client.values())
-        script_total = sum(monitor.by_script.values())
         late = _token_lateness_ms(streams, chunk)
         points.append(
             {
-                "coalesce_ms": default_window if window is None else window,
-                "is_default": window is None,
-                "relay": batch,
-                "client_commands": client_total,
-                "script_commands": script_total,
-                "client_commands_per_token": client_total / max(1.0, delivered),
-                "all_commands_per_token": (client_total + script_total) / max(1.0, delivered),
-                "script_calls_per_token": sum(by_client.get(c, 0) for c in _SCRIPT_COMMANDS) / max(1.0, delivered),
-                "commandstats_per_token": sum(calls.values()) / max(1.0, delivered),
+                "load": load,
+                "streams": n,
+                "coalesce_ms": window,
+                "relay": relay,
+                "client_commands_per_token": sum(by_client.values()) / delivered,
+                "script_calls_per_token": sum(by_client.get(c, 0) for c in _SCRIPT_COMMANDS) / delivered,
+                "commandstats_per_token": (sum(by_client.values()) + sum(monitor.by_script.values())) / delivered,
                 "client_commands_top": dict(list(by_client.items())[:10]),
-                "script_commands_top": dict(monitor.by_script.most_common(8)),
                 "token_lateness_ms_p50": percentile(late, 50),
                 "token_lateness_ms_p99": percentile(late, 99),
                 "processes": sampler.report(),
@@ -1042,16 +973,74 @@ async def redis_cost(plan: Plan) -> Result:
             }
         )
         progress(
-            f"redis_cost COALESCE_MS={points[-1]['coalesce_ms']}: {points[-1]['client_commands_per_token']:.3f} "
-            f"client commands/token, lateness p99 {points[-1]['token_lateness_ms_p99']:.1f} ms"
+            f"redis_cost {load} COALESCE_MS={window}: {points[-1]['client_commands_per_token']:.3f} commands/token, "
+            f"{relay['tokens_per_event']:.2f} tokens/event, lateness p50 {points[-1]['token_lateness_ms_p50']:.1f} ms"
         )
+    return {"chunk_chars": chunk, "delay_ms": delay_ms, "tokens_per_stream": tokens, "points": points}
+
+
+async def _sdk_loop(stack: BenchStack, model: str, prompt: str, streams: int) -> Result:
+    command = [sys.executable, "-m", "bench.sdk_loop", f"{stack.upstream_url}/v1", model, prompt, str(streams)]
+    process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=stack.env, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(process.communicate(), 300)
+    if process.returncode != 0:
+        raise RuntimeError(f"bench.sdk_loop exited {process.returncode}")
+    return cast(Result, json.loads(out))
+
+
+async def cost(plan: Plan) -> Result:
+    """Worker CPU per token vs a plain asyncio loop over the SDK's typed stream, same upstream, same run.
+
+    Both read the same streams from the same fake upstream, alternately, round after round. The worker's
+    CPU covers everything it does for a generation (job pick-up, Redis writes, the stored result); tokens are
+    content chunks as the upstream sent them.
+    """
+    n, chunk, delay_ms, tokens = plan.cpu_streams, plan.cost_chunk, plan.cpu_delay_ms, plan.cpu_tokens
+    text = echo_text(tokens * chunk)
+    model = f"demo@chunk={chunk},delay_ms={delay_ms}"
+    rounds: list[Result] = []
+    with bench_stack("cost", overrides=_scale_overrides(n)) as stack:
+        request = relay_request(stack, text, chunk, delay_ms)
+        await run_batch([request] * 20, max_seconds=60, record_times=False)
+        worker = {"worker": stack.pid("worker")}
+        for _ in range(plan.cpu_rounds):
+            sdk = await _sdk_loop(stack, model, f"echo:{text}", n)
+            async with (
+                profiled(worker["worker"], stack.logdir / f"worker-profile-{len(rounds)}.txt"),
+                Sampler(worker, (), redis_port(stack.redis_url)) as sampler,
+            ):
+                batch = Batch(await run_batch([request] * n, max_seconds=300, record_times=False), len(text), chunk, 0)
+            relay = batch.summary()
+            cpu_s = sampler.cpu_end["worker"] - sampler.cpu_start["worker"]
+            worker_rate = relay["tokens"] / cpu_s
+            sdk_rate = sdk["tokens"] / sdk["cpu_s"]
+            rounds.append(
+                {
+                    "sdk": {**sdk, "tokens_per_cpu_s": sdk_rate},
+                    "worker": {
+                        "tokens": relay["tokens"],
+                        "ok": relay["ok"],
+                        "cpu_s": cpu_s,
+                        "wall_s": sampler.elapsed,
+                        "tokens_per_cpu_s": worker_rate,
+                        "tokens_per_event": relay["tokens_per_event"],
+                    },
+                    "ratio": worker_rate / sdk_rate,
+                }
+            )
+            progress(f"cost: worker {worker_rate:.0f} tok/CPU-s, SDK loop {sdk_rate:.0f} ({rounds[-1]['ratio']:.2f}x)")
+        problems = log_problems(stack)
     return {
         "streams": n,
-        "chunk_chars": chunk,
-        "delay_ms": delay_ms,
+        "model": model,
         "tokens_per_stream": tokens,
-        "default_coalesce_ms": default_window,
-        "points": points,
+        "rounds": rounds,
+        "median": {
+            "worker_tokens_per_cpu_s": median([r["worker"]["tokens_per_cpu_s"] for r in rounds]),
+            "sdk_tokens_per_cpu_s": median([r["sdk"]["tokens_per_cpu_s"] for r in rounds]),
+            "ratio": median([r["ratio"] for r in rounds]),
+        },
+        "log_problems": problems,
     }
 
 
@@ -1067,4 +1056,5 @@ SCENARIOS: dict[str, Callable[[Plan], Awaitable[Result]]] = {
     "many_clients": many_clients,
     "delivery": delivery,
     "redis_cost": redis_cost,
+    "cost": cost,
 }

@@ -1,0 +1,49 @@
+"""The worker's cost baseline: a plain asyncio loop over the openai SDK's typed stream, printing its CPU per token.
+
+`python -m bench.sdk_loop URL MODEL PROMPT STREAMS` runs STREAMS completions at once against URL (the same
+fake upstream the worker reads) and prints one JSON line: chunks with content, process CPU seconds, wall seconds.
+It does the least a relay must do with each chunk: look at its content and finish_reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import openai
+import uvloop
+
+
+async def _one(client: openai.AsyncOpenAI, model: str, prompt: str) -> tuple[int, bool]:
+    chunks, finished = 0, False
+    stream = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    async for chunk in stream:
+        for choice in chunk.choices:
+            if choice.delta.content:
+                chunks += 1
+            finished = finished or choice.finish_reason is not None
+    return chunks, finished
+
+
+async def main(url: str, model: str, prompt: str, streams: int) -> dict[str, float]:
+    client = openai.AsyncOpenAI(base_url=url, api_key="sk-bench-not-a-secret", max_retries=0)
+    await asyncio.gather(*(_one(client, model, prompt) for _ in range(min(streams, 20))))  # warm-up
+    cpu, wall = time.process_time(), time.monotonic()
+    results = await asyncio.gather(*(_one(client, model, prompt) for _ in range(streams)))
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    await client.close()
+    tokens = sum(chunks for chunks, _ in results)
+    return {"tokens": tokens, "ok": sum(1 for _, ok in results if ok), "cpu_s": cpu, "wall_s": wall}
+
+
+if __name__ == "__main__":
+    url, model, prompt, streams = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    # The worker runs on uvloop too: the comparison is of the code, not of the event loop.
+    print(json.dumps(uvloop.run(main(url, model, prompt, streams))), flush=True)
