@@ -189,6 +189,7 @@ def _sections(doc: Doc) -> list[str]:
             "load",
             "COALESCE_MS",
             "streams",
+            "token every ms",
             "tokens/event",
             "lateness p50 ms",
             "lateness p99 ms",
@@ -203,6 +204,7 @@ def _sections(doc: Doc) -> list[str]:
                 p["load"],
                 p["coalesce_ms"],
                 p["streams"],
+                p["delay_ms"],
                 p["relay"]["tokens_per_event"],
                 p["token_lateness_ms_p50"],
                 p["token_lateness_ms_p99"],
@@ -215,7 +217,7 @@ def _sections(doc: Doc) -> list[str]:
             for p in r["points"]
         ]
         out += [
-            f"## redis_cost ({r['chunk_chars']}-char tokens every {r['delay_ms']} ms per stream)",
+            f"## redis_cost ({r['chunk_chars']}-char tokens, {r['tokens_per_stream']} per stream)",
             "",
             *_table(header, rows),
         ]

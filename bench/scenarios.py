@@ -85,6 +85,8 @@ class Plan:
     cost_streams: int = 10
     cost_chunk: int = 4
     cost_delay_ms: int = 10
+    # Light load: a typical provider's pace (40 tokens/s per stream).
+    light_delay_ms: int = 25
     cost_tokens: int = 300
     cost_saturated: int = 200
     # cost: worker CPU per token vs the plain SDK loop.
@@ -932,12 +934,11 @@ async def redis_cost(plan: Plan) -> Result:
     (COALESCE_MS=0) against the former fixed 150 ms window, at light load and at saturation. Commands are
     counted with MONITOR on the bench's database: sent by our processes (one round trip each, a script call
     counting once) and run inside scripts."""
-    chunk, delay_ms, tokens = plan.cost_chunk, plan.cost_delay_ms, plan.cost_tokens
+    chunk, tokens = plan.cost_chunk, plan.cost_tokens
     text = echo_text(tokens * chunk)
     points: list[Result] = []
-    for (load, n), window in itertools.product(
-        (("light", plan.cost_streams), ("saturated", plan.cost_saturated)), (0, 150)
-    ):
+    loads = (("light", plan.cost_streams, plan.light_delay_ms), ("saturated", plan.cost_saturated, plan.cost_delay_ms))
+    for (load, n, delay_ms), window in itertools.product(loads, (0, 150)):
         with bench_stack(
             f"redis_cost_{load}_{window}", overrides={**_scale_overrides(n), "COALESCE_MS": str(window)}
         ) as stack:
@@ -960,6 +961,7 @@ async def redis_cost(plan: Plan) -> Result:
             {
                 "load": load,
                 "streams": n,
+                "delay_ms": delay_ms,
                 "coalesce_ms": window,
                 "relay": relay,
                 "client_commands_per_token": sum(by_client.values()) / delivered,
@@ -976,7 +978,7 @@ async def redis_cost(plan: Plan) -> Result:
             f"redis_cost {load} COALESCE_MS={window}: {points[-1]['client_commands_per_token']:.3f} commands/token, "
             f"{relay['tokens_per_event']:.2f} tokens/event, lateness p50 {points[-1]['token_lateness_ms_p50']:.1f} ms"
         )
-    return {"chunk_chars": chunk, "delay_ms": delay_ms, "tokens_per_stream": tokens, "points": points}
+    return {"chunk_chars": chunk, "tokens_per_stream": tokens, "points": points}
 
 
 async def _sdk_loop(stack: BenchStack, model: str, prompt: str, streams: int) -> Result:
