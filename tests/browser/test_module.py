@@ -130,12 +130,13 @@ async def test_an_error_terminal_is_thrown_with_its_code_and_an_http_error_is_no
     assert len(outcome["calls"]) == 1
 
 
+# Enough reconnects to outlast a restart on a loaded machine (uvicorn's start has taken ~20 s on 2 busy cores).
 GENERATE_IN_PAGE = """
 (body) => {
   window.seen = [];
   window.retries = [];
   window.outcome = import("/static/sse-relay.js").then(({ RelayClient }) =>
-    new RelayClient("", { backoffMs: 200 })
+    new RelayClient("", { backoffMs: 200, retries: 60 })
       .generate(body, {
         onEvent: (event) => window.seen.push(event),
         onRetry: ({ attempt }) => window.retries.push(attempt),
