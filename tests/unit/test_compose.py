@@ -17,7 +17,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 APP_SERVICES = ("api", "worker")
-ALL_SERVICES = ("redis", "postgres", *APP_SERVICES)
+ALL_SERVICES = ("redis", "postgres", *APP_SERVICES, "nginx")
+NGINX_CONFIG = ROOT / "deploy" / "nginx" / "sse-relay.conf"
+NGINX_PORT = 8080
 # Variable names that hold credentials; their values may only come from interpolation.
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
 # A whole value that is one `${VAR}` / `${VAR:-default}` / `${VAR-default}` / `${VAR:?msg}` interpolation.
@@ -156,9 +158,28 @@ def test_api_command_serves_the_fastapi_app_on_port_8000_with_bounded_graceful_s
     assert "--timeout-graceful-shutdown" in command
 
 
-def test_api_publishes_port_8000() -> None:
-    ports = [str(port) for port in _service("api")["ports"]]
-    assert any(port.split(":")[-2:] == ["8000", "8000"] for port in ports)
+def test_only_nginx_is_published_on_host_port_8000_and_the_api_stays_scalable() -> None:
+    # A fixed host port on `api` would make `--scale api=2` fail (the second replica cannot bind it).
+    assert "ports" not in _service("api")
+    assert [str(port) for port in _service("nginx")["ports"]] == [f"8000:{NGINX_PORT}"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_two_replicas_of_each_app_service_by_default(name: str) -> None:
+    assert _service(name)["deploy"]["replicas"] == 2
+
+
+def test_nginx_runs_the_shipped_config_in_front_of_the_api_service() -> None:
+    nginx = _service("nginx")
+    mounts = [str(volume) for volume in nginx["volumes"]]
+    assert mounts == ["./deploy/nginx/sse-relay.conf:/etc/nginx/conf.d/default.conf:ro"]
+    config = NGINX_CONFIG.read_text(encoding="utf-8")
+    # The upstream names the compose service and the port its command serves; nginx listens where published.
+    api_command = _command(_service("api"))
+    assert f"server api:{api_command[api_command.index('--port') + 1]}" in config
+    assert f"listen {NGINX_PORT};" in config
+    assert nginx["depends_on"]["api"]["condition"] == "service_healthy"
+    assert f"http://127.0.0.1:{NGINX_PORT}/healthz" in _healthcheck_test(nginx)
 
 
 def test_worker_command_runs_the_arq_worker_settings() -> None:
