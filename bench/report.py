@@ -276,6 +276,8 @@ def _sections(doc: Doc) -> list[str]:
             "",
             *_table(["", "relay", "MEMORY"], rows),
         ]
+    if r := _get(doc, "scale_out", "result"):
+        out += _scale_out_section(r)
     for name, entry in doc.get("scenarios", {}).items():
         problems = (entry.get("result") or {}).get("log_problems")
         if problems or "error" in entry:
@@ -289,6 +291,41 @@ def _sections(doc: Doc) -> list[str]:
                 "",
             ]
     return out
+
+
+def _scale_out_section(r: Doc) -> list[str]:
+    layouts = r["layouts"]
+    rows = []
+    for name, layout in layouts.items():
+        best = layout["best"]
+        procs = best["processes"]
+        conns = {k: v["redis_connections_max"] for k, v in procs.items() if v["redis_connections_max"] is not None}
+        per_token = {k: v for k, v in best["cpu_us_per_token"].items() if k not in ("client", "upstream")}
+        rows.append(
+            [
+                name,
+                best["relay"]["tokens_per_s"],
+                best["relay"]["ttft_ms_p99"],
+                ", ".join(f"{k} {v}" for k, v in sorted(conns.items())),
+                best["relay_cpu_us_per_token"],
+                ", ".join(f"{k} {v:.0f}" for k, v in sorted(per_token.items())),
+                f"{best['relay']['ok']}/{best['relay']['streams']}",
+            ]
+        )
+    header = ["layout", "tokens/s", "TTFT p99 ms", "Redis conns per process (max)", "serving CPU µs/token",
+              "CPU µs/token per process", "ok"]  # fmt: skip
+    streams = next(iter(layouts.values()))["streams"]
+    out = [
+        f"## scale_out ({streams} streams of {r['chunks_per_stream']} x {r['chunk_chars']}-char tokens every "
+        f"{r['delay_ms']} ms, {r['cores']} cores; best of the rounds)",
+        "",
+        *_table(header, rows),
+    ]
+    t = r["ttft_through_nginx"]
+    rows = [[label, t[label]["p50"], t[label]["p90"], t[label]["p99"], t[label]["n"]] for label in ("direct", "nginx")]
+    rows.append(["nginx overhead", *(t["overhead_ms"][q] for q in ("p50", "p90", "p99")), ""])
+    title = "TTFT, sequential, direct to one API vs through nginx (ms):"
+    return [*out, title, "", *_table(["", "p50", "p90", "p99", "n"], rows)]
 
 
 _LEVEL_HEADER = [

@@ -31,6 +31,7 @@ SCENARIO_LIMIT_S = {
     "delivery": 600,
     "redis_cost": 900,
     "cost": 900,
+    "scale_out": 900,
 }
 
 

@@ -1050,6 +1050,13 @@ def progress(message: str) -> None:
     print(f"[bench]   {message}", flush=True)
 
 
+async def scale_out(plan: Plan) -> Result:
+    # Imported here: bench.scale_out builds on this module's helpers.
+    from bench.scale_out import scale_out as run
+
+    return await run(plan)
+
+
 SCENARIOS: dict[str, Callable[[Plan], Awaitable[Result]]] = {
     "ttft": ttft,
     "idle_cpu": idle_cpu,
@@ -1059,4 +1066,5 @@ SCENARIOS: dict[str, Callable[[Plan], Awaitable[Result]]] = {
     "delivery": delivery,
     "redis_cost": redis_cost,
     "cost": cost,
+    "scale_out": scale_out,
 }
