@@ -6,8 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.state import Status
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
-Status = Literal["queued", "running", "done", "error", "cancelled"]
 
 
 class Message(BaseModel):

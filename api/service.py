@@ -6,9 +6,7 @@ import asyncio
 import hashlib
 import json
 import secrets
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from fastapi import Response
@@ -17,13 +15,14 @@ from fastapi.responses import JSONResponse
 from api import metrics
 from api.deps import Services
 from api.errors import ApiError
-from api.schemas import GenerationCreated, Status
+from api.schemas import GenerationCreated
 from api.sse import START, frames, sse_response
 from shared.config import Settings
-from shared.errors import SAFE_MESSAGES, ErrorCode
+from shared.errors import ErrorCode
 from shared.ids import new_generation_id
 from shared.jobs import StoredRequest
 from shared.keys import idempotency_key
+from shared.state import Status
 from shared.store.repository import FinalResult
 
 
@@ -136,29 +135,8 @@ async def save_cancelled(services: Services, generation_id: str) -> None:
     state = await services.generations.get(generation_id)
     if state is None or state.terminal_id is None:
         return
-    moment = datetime.fromtimestamp(state.finished_at or time.time(), UTC)
-    await services.store.save(
-        FinalResult(
-            id=state.id,
-            owner=state.owner,
-            status="cancelled",
-            model=state.model,
-            text="",
-            reasoning=None,
-            finish_reason=None,
-            usage=None,
-            error_code=ErrorCode.CANCELLED.value,
-            error_message=SAFE_MESSAGES[ErrorCode.CANCELLED],
-            metadata=state.metadata,
-            terminal_event_id=state.terminal_id,
-            attempts=max(state.attempt, 1),
-            created_at=datetime.fromtimestamp(state.created_at, UTC),
-            started_at=None,
-            finished_at=moment,
-            hook_name=None,
-            read_token_sha=state.read_token_sha,
-        )
-    )
+    record = FinalResult.ending(state, "cancelled", state.terminal_id, state.attempt, code=ErrorCode.CANCELLED)
+    await services.store.save(record)
     await services.generations.release(state.owner, state.id)
 
 

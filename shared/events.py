@@ -76,18 +76,15 @@ def reset(attempt: int, reason: str) -> str:
     return encode({"type": "reset", "data": {"attempt": attempt, "reason": reason}})
 
 
+def digest(text: str) -> tuple[int, str]:
+    """The final text's length (code points) and sha256 (of its UTF-8), as `done` carries them."""
+    return len(text), hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def done(text: str, finish_reason: str | None, usage: dict[str, Any] | None) -> str:
-    return encode(
-        {
-            "type": "done",
-            "data": {
-                "finish_reason": finish_reason,
-                "usage": usage,
-                "length": len(text),
-                "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            },
-        }
-    )
+    length, sha256 = digest(text)
+    data = {"finish_reason": finish_reason, "usage": usage, "length": length, "sha256": sha256}
+    return encode({"type": "done", "data": data})
 
 
 def error(code: ErrorCode) -> str:

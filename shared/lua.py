@@ -158,3 +158,34 @@ wake({KEYS[5]}, {ARGV[6], ARGV[5]})
 return 1
 """
 )
+
+# The id a worker gives its terminal event (the durable record carries it before the event is written): after
+# every entry of the stream, from Redis's clock, so a worker whose clock lags Redis's still writes after the
+# entries of earlier attempts. KEYS[1] = the events stream. Returns {seconds, microseconds, last entry id or ''}.
+NEXT_ID_BASIS = """
+local now = redis.call('TIME')
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+return {now[1], now[2], last[1] and last[1][1] or ''}
+"""
+
+# The reaper ends a generation whose arq job is gone (deleted after its tries ran out, or expired) with
+# error{worker_lost}. Refuses if it has ended meanwhile, if a worker claimed it since the reaper looked
+# (attempt moved), or if it is younger than the grace: its age comes from the state hash's TTL, set once at
+# creation (no clock but Redis's). KEYS: events, state. ARGV: attempt seen, maxlen, finished_ttl, event_json,
+# the state's largest remaining TTL (ms) for a generation old enough to reap.
+# Returns {'ended', id}, {'finished', terminal id}, {'moved', ''}, {'young', ''} or {'missing', ''}.
+REAP = """
+local st = redis.call('HMGET', KEYS[2], 'status', 'terminal_id', 'attempt')
+if not st[1] then return {'missing', ''} end
+if st[2] then return {'finished', st[2]} end
+if tostring(st[3] or '0') ~= ARGV[1] then return {'moved', ''} end
+if redis.call('PTTL', KEYS[2]) > tonumber(ARGV[5]) then return {'young', ''} end
+local now = redis.call('TIME')
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[4])
+redis.call('HSETNX', KEYS[2], 'first_id', id)
+redis.call('HSET', KEYS[2], 'status', 'error', 'terminal_id', id, 'error_code', 'worker_lost',
+  'finished_at', now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {'ended', id}
+"""

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from shared import events, lua
 from shared.config import Settings
 from shared.errors import ErrorCode
+from shared.ids import next_stream_id
 from shared.jobs import StoredRequest
 from shared.keys import GenerationKeys, active_key, generation_keys
 from shared.redis_client import StreamsRedis
@@ -108,6 +109,8 @@ class Generations:
         self._claim = client.register_script(lua.CLAIM)
         self._cancel = client.register_script(lua.CANCEL)
         self._admit = client.register_script(lua.ADMIT)
+        self._next_id_basis = client.register_script(lua.NEXT_ID_BASIS)
+        self._reap = client.register_script(lua.REAP)
 
     def keys(self, generation_id: str) -> GenerationKeys:
         return generation_keys(self.settings.key_prefix, generation_id)
@@ -190,6 +193,27 @@ class Generations:
         ]
         code, last_id, cancel = await self._publish(keys=[keys.events, keys.state], args=args)
         return PublishResult(_PUBLISH_OUTCOMES[int(code)], str(last_id), cancel == "1")
+
+    async def next_terminal_id(self, generation_id: str) -> str:
+        """An id after every entry of the stream, near Redis's clock (not this process's)."""
+        seconds, micros, last = await self._next_id_basis(keys=[self.keys(generation_id).events])
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        return next_stream_id(_text(last) or None, now_ms)
+
+    async def reap(self, generation_id: str, attempt: int, min_age_s: float) -> tuple[str, str]:
+        """End a generation whose job is gone with error{worker_lost} -> (outcome, terminal id); see lua.REAP."""
+        keys = self.keys(generation_id)
+        settings = self.settings
+        max_ttl_ms = int((settings.live_ttl_s - min_age_s) * 1000)
+        args: list[str | int] = [
+            str(attempt),
+            settings.stream_maxlen,
+            settings.finished_ttl_s,
+            events.error(ErrorCode.WORKER_LOST),
+            max_ttl_ms,
+        ]
+        outcome, terminal_id = await self._reap(keys=[keys.events, keys.state], args=args)
+        return _text(outcome), _text(terminal_id)
 
     async def cancel(self, generation_id: str) -> tuple[str, str]:
         """-> (outcome, status): outcome is 'missing', 'finished', 'cancelled' (was queued) or 'cancelling'."""

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import events
-from shared.errors import SAFE_MESSAGES, ErrorCode
+from shared.errors import ErrorCode
 from shared.hooks import GenerationInfo, UnknownHook, call
-from shared.ids import next_stream_id
 from shared.retry import until_redis_answers
 from shared.state import GenerationState, PublishResult, Status
 from shared.store.repository import FinalResult, aware
@@ -22,7 +19,8 @@ from worker.deps import Deps
 from worker.publisher import Publisher, PublishRefused
 
 log = logging.getLogger("sse_relay.worker")
-_SAVE_TRIES = 3
+_SAVE_FIRST_DELAY_S = 0.2
+_SAVE_MAX_DELAY_S = 5.0
 # Beyond a hook's timeout: its worker's store write of the outcome, and clocks that differ a little.
 _HOOK_MARGIN_S = 2.0
 
@@ -37,10 +35,6 @@ class Ending:
     usage: dict[str, Any] | None = None
 
 
-def _dt(ts: float | None) -> datetime | None:
-    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
-
-
 async def finish(
     deps: Deps, state: GenerationState, attempt: int, publisher: Publisher, text: str, reasoning: str, end: Ending
 ) -> str:
@@ -51,27 +45,18 @@ async def finish(
         # Stale (a newer attempt took over while this one waited for Redis) or already ended: the caller
         # decides what that means for the arq job; this attempt writes nothing more.
         return refused.result.outcome
-    terminal_id = next_stream_id(publisher.last_id, int(time.time() * 1000))
-    finished_at = datetime.now(UTC)
-    result = FinalResult(
-        id=state.id,
-        owner=state.owner,
-        status=end.status,
-        model=state.model,
+    terminal_id = await until_redis_answers(lambda: deps.generations.next_terminal_id(state.id), "choosing an id")
+    result = FinalResult.ending(
+        state,
+        end.status,
+        terminal_id,
+        attempt,
+        finished_at=datetime.now(UTC),
         text=text,
-        reasoning=reasoning or None,
+        reasoning=reasoning,
         finish_reason=end.finish_reason,
         usage=end.usage,
-        error_code=end.code.value if end.code else None,
-        error_message=SAFE_MESSAGES[end.code] if end.code else None,
-        metadata=state.metadata,
-        terminal_event_id=terminal_id,
-        attempts=attempt,
-        created_at=_dt(state.created_at) or finished_at,
-        started_at=_dt(state.started_at),
-        finished_at=finished_at,
-        hook_name=state.request.on_complete,
-        read_token_sha=state.read_token_sha,
+        code=end.code,
     )
     await _save(deps, result)
     published = await _publish_terminal(publisher, result, text, end)
@@ -84,24 +69,37 @@ async def finish(
 
 
 async def _save(deps: Deps, result: FinalResult) -> None:
-    for attempt in range(1, _SAVE_TRIES + 1):
+    """Until the record is written: a terminal event never goes out without it (after FINISHED_TTL_S the record
+    is all there is, and on_complete runs from it). Meanwhile the job holds its lease, so no other attempt
+    starts; the job's own deadline (worker/job.py) ends the wait and leaves the job queued for another try."""
+    delay = _SAVE_FIRST_DELAY_S
+    tries = 0
+    while True:
+        tries += 1
         try:
             await deps.store.save(result)
-            return
         except Exception as exc:
-            # The terminal event still goes out: the client gets its answer, Redis keeps it for FINISHED_TTL_S.
-            log.error("saving %s failed (try %d): %s", result.id, attempt, type(exc).__name__)
-            await asyncio.sleep(0.2 * attempt)
+            log.warning(
+                "saving %s failed (try %d): %s; the terminal event waits, retrying in %.1f s",
+                result.id, tries, type(exc).__name__, delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _SAVE_MAX_DELAY_S)
+            continue
+        if tries > 1:
+            log.info("saved %s after %d tries", result.id, tries)
+        return
 
 
 async def _publish_terminal(publisher: Publisher, result: FinalResult, text: str, end: Ending) -> PublishResult:
     if end.status == "done":
+        length, sha256 = events.digest(text)
         payload = events.done(text, end.finish_reason, end.usage)
         fields = {
             "finish_reason": end.finish_reason or "",
             "usage": json.dumps(end.usage) if end.usage else "",
-            "length": str(len(text)),
-            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "length": str(length),
+            "sha256": sha256,
         }
     else:
         assert end.code is not None

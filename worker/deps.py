@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import openai
-from redis.asyncio import Redis
 
 from shared.config import Settings
 from shared.hooks import HookRegistry
@@ -21,5 +20,4 @@ class Deps:
     client: openai.AsyncOpenAI
     store: ResultStore
     hooks: HookRegistry
-    queue_redis: Redis
     leases: Leases

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from arq import Retry
+from redis.exceptions import RedisError
 
 from shared import events
 from shared.errors import ErrorCode
@@ -30,15 +31,42 @@ class CancelRequested(Exception):
 
 
 async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, str]:
-    """arq entry point. Returns a plain dict: no exception object ever reaches an arq result."""
+    """arq entry point. Returns a plain dict: no exception object ever reaches an arq result.
+
+    Every way out ends the generation or leaves the arq job queued for another try (`Retry`): arq deletes a
+    job that raises anything else, and nothing would then end its generation but the reaper's minute-ly pass.
+    """
     deps: Deps = ctx["deps"]
-    # The lease was set when the job was taken (worker/pickup.py) and is renewed until arq is done with it.
-    status = await _run(deps, generation_id, int(ctx.get("job_try", 1)), ctx.get("claims", {}))
+    job_try = int(ctx.get("job_try", 1))
+    retry_later = Retry(defer=deps.settings.job_lease_s * 2)
+    try:
+        # Our own deadline, inside arq's (worker/main.py gives arq a margin): arq's would delete the job.
+        async with asyncio.timeout(deps.settings.job_timeout_s):
+            # The lease was set when the job was taken (worker/pickup.py) and is renewed until arq is done.
+            status = await _run(deps, generation_id, job_try, ctx.get("claims", {}))
+    except Retry:
+        raise
+    except TimeoutError:
+        # Not ended in time (the store or Redis stayed away while it finished): the next try finds it ended
+        # (then only a hook may be owed) or runs it again.
+        log.warning("generation %s: job timed out (try %d); it stays queued", generation_id, job_try)
+        raise retry_later from None
+    except Exception as exc:
+        # Redis refused a write (READONLY after a failover, OOM, a script error), or the store failed after the
+        # terminal event: the same, later. A failure that persists uses up the tries and ends `worker_lost`.
+        log.error("generation %s: job failed (try %d): %s; it stays queued", generation_id, job_try, _name(exc))
+        raise retry_later from None
     if status == "stale":
         # A newer attempt runs elsewhere (this one's lease lapsed). Keep the arq job queued, deferred past a
         # lease renewal, so that it stays the newer attempt's crash insurance instead of being deleted.
-        raise Retry(defer=deps.settings.job_lease_s * 2)
+        raise retry_later
     return {"status": status}
+
+
+def _name(exc: BaseException) -> str:
+    # The class and, for Redis, its reply's first word (READONLY, OOM): never the message of an SDK error.
+    first = str(exc).split(" ", 1)[0] if isinstance(exc, RedisError) else ""
+    return f"{type(exc).__name__} {first}".strip()
 
 
 async def _run(deps: Deps, generation_id: str, job_try: int, claims: dict[str, Claim]) -> str:
@@ -57,6 +85,9 @@ async def _run(deps: Deps, generation_id: str, job_try: int, claims: dict[str, C
         log.info("generation %s not started: %s", generation_id, claim.outcome)
         return "missing"
     attempt = Attempt(deps, state, claim.attempt)
+    if state.cancel_requested:
+        # Cancelled while no worker ran it (its worker died): end it without calling the provider again.
+        return await attempt.end(Ending("cancelled", ErrorCode.CANCELLED))
     if job_try > deps.settings.job_max_tries:
         # The earlier tries died with their workers (lease lost each time): end it for good.
         return await attempt.end(Ending("error", ErrorCode.WORKER_LOST))

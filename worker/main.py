@@ -29,6 +29,7 @@ from worker.completion import run_on_complete
 from worker.deps import Deps
 from worker.job import run_generation
 from worker.lease import Leases
+from worker.reaper import reap
 from worker.upstream import make_client
 
 wakeup.install()
@@ -39,6 +40,8 @@ uvloop.install()
 
 log = logging.getLogger("sse_relay.worker")
 _settings = get_settings()
+# The job ends itself at JOB_TIMEOUT_S (worker/job.py); arq's timeout, which deletes the job, is only a backstop.
+_ARQ_TIMEOUT_MARGIN_S = 30
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -61,7 +64,6 @@ async def startup(ctx: dict[str, Any]) -> None:
         client=make_client(_settings),
         store=ResultStore(engine),
         hooks=load_registry(_settings.hook_modules, _settings.hooks),
-        queue_redis=ctx["redis"],
         leases=leases,
     )
     log.info(
@@ -114,6 +116,12 @@ async def _terminal_published(deps: Deps, generation_id: str) -> bool:
     return record is not None and state.terminal_id == record.terminal_event_id
 
 
+async def reap_lost(ctx: dict[str, Any]) -> dict[str, int]:
+    """Every minute: generations whose arq job is gone are ended (worker/reaper.py)."""
+    reaped = await reap(ctx["deps"], ctx["redis"])
+    return {"ended": reaped.ended, "recorded": reaped.recorded}
+
+
 class WorkerSettings:
     """arq settings, all derived from the environment (shared.config)."""
 
@@ -122,11 +130,14 @@ class WorkerSettings:
         func(
             run_generation,
             name=JOB_FUNCTION,
-            timeout=_settings.job_timeout_s,
+            timeout=_settings.job_timeout_s + _ARQ_TIMEOUT_MARGIN_S,
             max_tries=_settings.job_max_tries + 1,
         )
     ]
-    cron_jobs: ClassVar[list[Any]] = [cron(sweep, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True)]
+    cron_jobs: ClassVar[list[Any]] = [
+        cron(sweep, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True),
+        cron(reap_lost, second=30, run_at_startup=False, unique=True),
+    ]
     on_startup = startup
     on_shutdown = shutdown
     on_job_end = job_end
@@ -137,7 +148,7 @@ class WorkerSettings:
     health_check_key = worker_health_key(_settings.key_prefix)
     # LLM calls are I/O-bound: one process holds hundreds of concurrent generations.
     max_jobs = _settings.worker_max_jobs
-    job_timeout = _settings.job_timeout_s
+    job_timeout = _settings.job_timeout_s + _ARQ_TIMEOUT_MARGIN_S
     max_tries = _settings.job_max_tries + 1
     poll_delay = _settings.worker_poll_delay_s
     keep_result = 300

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, and_, case, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -12,8 +12,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import defer
 
+from shared.errors import SAFE_MESSAGES, ErrorCode
 from shared.store.db import sessions
 from shared.store.models import GenerationRecord
+
+if TYPE_CHECKING:
+    from shared.state import GenerationState
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,44 @@ class FinalResult:
     hook_name: str | None
     read_token_sha: str | None = None
 
+    @classmethod
+    def ending(
+        cls,
+        state: GenerationState,
+        status: str,
+        terminal_id: str,
+        attempts: int,
+        *,
+        finished_at: datetime | None = None,
+        text: str = "",
+        reasoning: str | None = None,
+        finish_reason: str | None = None,
+        usage: dict[str, Any] | None = None,
+        code: ErrorCode | None = None,
+    ) -> FinalResult:
+        """The record of a generation ending as `status`, everything else taken from its Redis state."""
+        finished = finished_at or _moment(state.finished_at) or utcnow()
+        return cls(
+            id=state.id,
+            owner=state.owner,
+            status=status,
+            model=state.model,
+            text=text,
+            reasoning=reasoning or None,
+            finish_reason=finish_reason,
+            usage=usage,
+            error_code=code.value if code else None,
+            error_message=SAFE_MESSAGES[code] if code else None,
+            metadata=state.metadata,
+            terminal_event_id=terminal_id,
+            attempts=max(attempts, 1),
+            created_at=_moment(state.created_at) or finished,
+            started_at=_moment(state.started_at),
+            finished_at=finished,
+            hook_name=state.request.on_complete,  # owed only when done (row()); shown either way
+            read_token_sha=state.read_token_sha,
+        )
+
     def row(self) -> dict[str, Any]:
         values = asdict(self)
         values["meta"] = values.pop("metadata")
@@ -57,6 +99,10 @@ class FinalResult:
 
 # Hook bookkeeping owned by claim_hook/finish_hook; save() never overwrites it.
 _HOOK_STATE = frozenset({"id", "hook_status", "hook_attempts", "hook_error", "hook_started_at"})
+
+
+def _moment(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
 
 def utcnow() -> datetime:

@@ -63,3 +63,22 @@ async def _connect(engine: AsyncEngine, shown_url: str) -> AsyncIterator[AsyncCo
         yield connection
     finally:
         await connection.close()
+
+
+async def allow_connections(database_url: str, allowed: bool) -> None:
+    """A PostgreSQL database made unavailable (its connections cut, new ones refused) or available again."""
+    database = make_url(database_url).database
+    admin = create_async_engine(
+        make_url(postgres_server_url()), isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"timeout": 10}
+    )
+    try:
+        async with _connect(admin, postgres_server_url()) as connection:
+            flag = "true" if allowed else "false"
+            await connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {flag}'))
+            if not allowed:
+                await connection.execute(
+                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                    {"name": database},
+                )
+    finally:
+        await admin.dispose()
