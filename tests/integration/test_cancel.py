@@ -11,6 +11,7 @@ from shared.config import Settings
 from shared.jobs import StoredRequest
 from shared.redis_client import streams_client
 from shared.state import Generations
+from tests.support.jobs import job_ended
 from tests.support.sse import EventReader, assert_well_formed, read_events
 from tests.support.stack import Stack
 
@@ -101,8 +102,41 @@ async def test_cancel_while_queued_never_calls_the_provider(
             events = await read_events(response)
         assert [e.type for e in events] == ["error"]
         assert events[0].data["code"] == "cancelled"
-        await asyncio.sleep(0.5)  # the worker has had time to pick the job up and must not have called out
+        await job_ended(stack.env["REDIS_URL"], generation_id)  # whatever it was going to do, it has done
         assert (await _stats(upstream))["requests"] == requests_before
         assert (await client.get(f"/v1/generations/{generation_id}")).json()["status"] == "cancelled"
+    finally:
+        await redis.aclose()
+
+
+async def test_cancel_while_its_worker_was_dead_never_calls_the_provider_again(
+    client: httpx.AsyncClient, upstream: httpx.AsyncClient, stack: Stack
+) -> None:
+    # Attempt 1 was claimed by a worker that died; the caller cancelled meanwhile (only the flag could be set).
+    settings = Settings(redis_url=stack.env["REDIS_URL"], key_prefix=stack.prefix)
+    redis = streams_client(settings)
+    generations = Generations(redis, settings)
+    generation_id = "gen_" + "e" * 24 + str(int(time.time() * 1000))[-8:]
+    request = StoredRequest(messages=[{"role": "user", "content": "echo:never again"}], model="demo")
+    await generations.create(generation_id, request, {}, "anonymous")
+    try:
+        assert (await generations.claim(generation_id)).attempt == 1
+        cancel = await client.post(f"/v1/generations/{generation_id}/cancel")
+        assert (cancel.status_code, cancel.json()["status"]) == (202, "running")
+        requests_before = (await _stats(upstream))["requests"]
+
+        from arq.connections import RedisSettings, create_pool
+
+        queue = await create_pool(RedisSettings.from_dsn(stack.env["REDIS_URL"]))
+        await queue.enqueue_job("run_generation", generation_id, _job_id=generation_id,
+                                _queue_name=stack.env["SSE_RELAY_QUEUE_NAME"])  # fmt: skip
+        await queue.aclose()
+        async with client.stream("GET", f"/v1/generations/{generation_id}/events") as response:
+            events = await read_events(response)
+        assert [(e.type, e.data.get("code")) for e in events] == [("error", "cancelled")]
+        await job_ended(stack.env["REDIS_URL"], generation_id)
+        assert (await _stats(upstream))["requests"] == requests_before
+        view = (await client.get(f"/v1/generations/{generation_id}")).json()
+        assert (view["status"], view["error"]["code"]) == ("cancelled", "cancelled")
     finally:
         await redis.aclose()

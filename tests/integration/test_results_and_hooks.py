@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
+from tests.support.jobs import job_ended
 from tests.support.sse import Received, assert_well_formed, read_events, text_of
 from tests.support.stack import Stack
 
@@ -53,9 +54,15 @@ async def test_on_complete_runs_once_with_the_final_text(client: httpx.AsyncClie
         return [line for line in _lines(stack, "completions.log") if line.startswith(generation_id)]
 
     assert await _poll(ran, "on_complete") == [f"{generation_id} {len('saved ✓')} done 1"]
-    view = (await client.get(f"/v1/generations/{generation_id}")).json()
-    assert view["on_complete"] == {"name": "record_completion", "status": "ok", "attempts": 1, "error": None}
-    await asyncio.sleep(0.3)
+
+    async def hook_ok() -> dict[str, Any] | None:
+        hook: dict[str, Any] = (await client.get(f"/v1/generations/{generation_id}")).json()["on_complete"]
+        return hook if hook["status"] == "ok" else None
+
+    assert await _poll(hook_ok, "on_complete's outcome") == {
+        "name": "record_completion", "status": "ok", "attempts": 1, "error": None
+    }  # fmt: skip
+    await job_ended(stack.env["REDIS_URL"], generation_id)  # the job runs the hook: no second run can follow
     assert len(await ran()) == 1
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.hooks import KILL_MARKER
+from tests.support.jobs import job_ended
 from tests.support.sse import assert_well_formed, read_events, text_of
 from tests.support.stack import Stack, running_stack
 
@@ -65,7 +66,13 @@ async def test_generation_survives_a_worker_killed_between_last_token_and_hook(
     while not completions.exists() or generation_id not in completions.read_text():
         assert time.monotonic() < deadline, "on_complete never ran"
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
+    # The hook's outcome is recorded and the job that ran it has ended: no second run can follow.
+    url = f"/v1/generations/{generation_id}"
+    while (view := (await crash_client.get(url)).json())["on_complete"]["status"] != "ok":
+        assert time.monotonic() < deadline, f"on_complete's outcome was never recorded: {view['on_complete']}"
+        await asyncio.sleep(0.05)
+    assert view["on_complete"]["attempts"] == 1
+    await job_ended(crash_stack.env["REDIS_URL"], generation_id)
     runs = [line for line in completions.read_text().splitlines() if line.startswith(generation_id)]
     assert runs == [f"{generation_id} {len(text)} done 2"]
 
