@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     hooks: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="SSE_RELAY_HOOKS")
     hook_timeout_s: float = Field(default=30.0, gt=0, validation_alias="HOOK_TIMEOUT_S")
     hook_max_attempts: int = Field(default=3, ge=1, le=20, validation_alias="HOOK_MAX_ATTEMPTS")
+    # One on_content call; past it the generation goes on and the call is left to finish in its thread.
+    on_content_timeout_s: float = Field(default=5.0, gt=0, validation_alias="ON_CONTENT_TIMEOUT_S")
+    # Threads for sync hooks per worker process (their own pool, not the event loop's default executor).
+    hook_threads: int = Field(default=64, ge=1, le=1024, validation_alias="HOOK_THREADS")
     idempotency_ttl_s: int = Field(default=86_400, ge=1, validation_alias="IDEMPOTENCY_TTL_S")
     # A running job holds a short lease (arq's in-progress key), renewed while it runs: a crashed worker's
     # generation is picked up by another worker about this many seconds later instead of job_timeout + 10 s.

@@ -7,11 +7,14 @@ operator registered, so no request can make a process import or call arbitrary c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import inspect
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar, overload
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,11 +110,25 @@ def load_registry(modules: list[str], functions: list[str]) -> HookRegistry:
     return HookRegistry(hooks)
 
 
-async def call(fn: Callable[..., Any], *args: Any) -> None:
-    """Await an async hook; run a sync one in a thread so a slow one cannot stall other generations."""
-    if inspect.iscoroutinefunction(fn):
-        await fn(*args)
-        return
-    result = await asyncio.to_thread(fn, *args)
-    if inspect.isawaitable(result):
-        await result
+class HookThreads:
+    """The threads sync hooks run in: a bounded pool of their own (HOOK_THREADS per worker process).
+
+    Not the event loop's default executor: that one has a handful of threads (cores + 4) and also resolves the
+    provider's host name for every new connection, so a few slow hooks there would hold up every generation.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sse-relay-hook")
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Await an async hook; run a sync one in a hook thread (with the caller's context variables)."""
+        if inspect.iscoroutinefunction(fn):
+            await fn(*args)
+            return
+        context = contextvars.copy_context()
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, partial(context.run, fn, *args))
+        if inspect.isawaitable(result):
+            await result
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

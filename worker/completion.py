@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import events
 from shared.errors import ErrorCode
-from shared.hooks import GenerationInfo, UnknownHook, call
+from shared.hooks import GenerationInfo, UnknownHook
 from shared.retry import until_redis_answers
 from shared.state import GenerationState, PublishResult, Status
 from shared.store.repository import FinalResult, aware
@@ -155,7 +155,7 @@ async def run_on_complete(deps: Deps, generation_id: str, after_lapse: bool = Fa
                 finished_at=aware(record.finished_at) or datetime.now(UTC),
                 attempt=record.attempts,
             )
-            await asyncio.wait_for(call(fn, record.text, info), settings.hook_timeout_s)
+            await asyncio.wait_for(deps.hook_threads.call(fn, record.text, info), settings.hook_timeout_s)
         except Exception as exc:
             reason = "unknown hook" if isinstance(exc, UnknownHook) else type(exc).__name__
             log.warning(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import openai
 
 from shared.config import Settings
-from shared.hooks import HookRegistry
+from shared.hooks import HookRegistry, HookThreads
 from shared.state import Generations
 from shared.store.repository import ResultStore
 from worker.lease import Leases
@@ -20,4 +20,5 @@ class Deps:
     client: openai.AsyncOpenAI
     store: ResultStore
     hooks: HookRegistry
+    hook_threads: HookThreads
     leases: Leases

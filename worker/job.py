@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 from arq import Retry
@@ -11,7 +12,6 @@ from redis.exceptions import RedisError
 
 from shared import events
 from shared.errors import ErrorCode
-from shared.hooks import call
 from shared.retry import TRANSIENT, until_redis_answers
 from shared.state import Claim, GenerationState
 from shared.tasks import cancel_and_wait
@@ -24,6 +24,11 @@ log = logging.getLogger("sse_relay.worker")
 
 # Leave room to publish the terminal event before arq's own job timeout cancels us.
 _TIMEOUT_MARGIN_S = 5.0
+
+
+def _log_hook_failure(generation_id: str, call: asyncio.Future[None]) -> None:
+    if not call.cancelled() and call.exception() is not None:
+        log.warning("on_content for %s failed: %s", generation_id, type(call.exception()).__name__)
 
 
 class CancelRequested(Exception):
@@ -108,6 +113,8 @@ class Attempt:
         self.reasoning: list[str] = []
         self.outcome = Outcome()
         self.on_content = deps.hooks.hooks.get(state.request.on_content or "")
+        self._hook_call: asyncio.Future[None] | None = None
+        self._held: list[str] = []
 
     async def run(self, had_output: bool) -> str:
         try:
@@ -165,11 +172,24 @@ class Attempt:
                 await self._on_content(piece.text)
 
     async def _on_content(self, chunk: str) -> None:
+        """One call at a time per generation, each bounded by ON_CONTENT_TIMEOUT_S. A call past it is left to
+        finish (a thread cannot be stopped) and the stream goes on; pieces arriving until it returns are held and
+        passed together in the next call. So a stuck hook holds at most one hook thread per generation."""
         assert self.on_content is not None
+        self._held.append(chunk)
+        if self._hook_call is not None and not self._hook_call.done():
+            return
+        text, self._held = "".join(self._held), []
+        call = asyncio.ensure_future(self.deps.hook_threads.call(self.on_content, text))
+        call.add_done_callback(partial(_log_hook_failure, self.state.id))
+        self._hook_call = call
+        timeout = self.deps.settings.on_content_timeout_s
         try:
-            await call(self.on_content, chunk)
-        except Exception as exc:  # a hook never fails the generation
-            log.warning("on_content for %s failed: %s", self.state.id, type(exc).__name__)
+            await asyncio.wait_for(asyncio.shield(call), timeout)
+        except TimeoutError:
+            log.warning("on_content for %s: still running after %.1f s; the stream goes on", self.state.id, timeout)
+        except Exception:
+            return  # logged by _log_hook_failure: a hook never fails the generation
 
     async def _watch_cancel(self) -> None:
         # Every write's reply carries the cancel flag; polling only covers a provider that has gone quiet.

@@ -14,7 +14,7 @@ from arq.worker import func
 from redis.asyncio import Redis
 
 from shared.config import get_settings
-from shared.hooks import load_registry
+from shared.hooks import HookThreads, load_registry
 from shared.jobs import JOB_FUNCTION
 from shared.keys import wake_key, worker_health_key
 from shared.logging import configure_logging
@@ -64,6 +64,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         client=make_client(_settings),
         store=ResultStore(engine),
         hooks=load_registry(_settings.hook_modules, _settings.hooks),
+        hook_threads=HookThreads(_settings.hook_threads),
         leases=leases,
     )
     log.info(
@@ -87,6 +88,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await deps.client.close()
     await deps.generations.redis.aclose()
     await deps.store.engine.dispose()
+    deps.hook_threads.shutdown()
 
 
 async def job_end(ctx: dict[str, Any]) -> None:

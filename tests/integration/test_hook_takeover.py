@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from shared.config import Settings
-from shared.hooks import GenerationInfo, HookRegistry
+from shared.hooks import GenerationInfo, HookRegistry, HookThreads
 from shared.store.db import make_engine
 from shared.store.migrate import upgrade
 from shared.store.repository import ResultStore
@@ -29,7 +29,19 @@ async def test_a_rerun_takes_over_a_dead_workers_hook_claim_after_its_timeout(tm
     settings = Settings(hook_timeout_s=0.2, hook_max_attempts=3)
     deps = cast(
         Deps,
-        cast(Any, type("D", (), {"settings": settings, "store": store, "hooks": HookRegistry({"notify": notify})})()),
+        cast(
+            Any,
+            type(
+                "D",
+                (),
+                {
+                    "settings": settings,
+                    "store": store,
+                    "hooks": HookRegistry({"notify": notify}),
+                    "hook_threads": HookThreads(2),
+                },
+            )(),
+        ),
     )
     try:
         result = final()

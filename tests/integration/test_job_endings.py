@@ -18,7 +18,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
 from shared.config import Settings
-from shared.hooks import HookRegistry
+from shared.hooks import HookRegistry, HookThreads
 from shared.ids import new_generation_id, parse_stream_id
 from shared.jobs import StoredRequest
 from shared.keys import active_key
@@ -57,6 +57,7 @@ async def worker_deps(redis_url: str, database_url: str, **settings: Any) -> Asy
         client=make_client(config),
         store=ResultStore(engine),
         hooks=HookRegistry({}),
+        hook_threads=HookThreads(2),
         leases=Leases(redis, config.job_lease_s),  # type: ignore[arg-type]
     )
     try:

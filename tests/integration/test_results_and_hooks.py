@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,29 @@ async def test_cancelled_while_queued_is_recorded_in_the_store(client: httpx.Asy
     await _forget_in_redis(stack, generation_id)
     view = (await client.get(f"/v1/generations/{generation_id}")).json()
     assert (view["status"], view["error"]["code"], view["metadata"]) == ("cancelled", "cancelled", {"k": 1})
+
+
+async def test_a_hanging_on_content_does_not_hold_up_another_generation(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    # As many hanging hooks as the event loop's default executor has threads: all of them, had hooks run there.
+    hanging = min(32, (os.cpu_count() or 1) + 4)
+    tag = uuid.uuid4().hex[:12]
+    body = {"model": "demo@chunk=64", "on_content": "blocking_chunk", "background": True}
+    for index in range(hanging):
+        created = await client.post("/v1/generations", json={**body, "prompt": f"echo:{tag}-{index}"})
+        assert created.status_code == 202
+    try:
+
+        async def all_hanging() -> bool:
+            return len([line for line in _lines(stack, "blocked.log") if line.startswith(tag)]) >= hanging
+
+        await _poll(all_hanging, "every hanging hook to start", timeout=30)
+        fast = f"not held up {tag}"
+        _, events = await asyncio.wait_for(
+            _generate(client, prompt=f"echo:{fast}", model="demo@chunk=64", on_content="record_chunk"), 15
+        )
+        assert events[-1].type == "done"
+        assert fast in _lines(stack, "chunks.log")
+    finally:
+        (Path(stack.env["SSE_RELAY_TEST_HOOK_DIR"]) / f"release-{tag}").touch()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from shared.hooks import GenerationInfo, hook
@@ -42,3 +43,14 @@ def kill_worker_once(chunk: str) -> None:
     if KILL_MARKER in chunk and not flag.exists():
         flag.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@hook
+def blocking_chunk(chunk: str) -> None:
+    """A hook that hangs: notes that it started, then blocks its thread until the test releases its tag."""
+    tag = chunk.split("-", 1)[0]
+    _log("blocked.log", chunk)
+    release = Path(os.environ["SSE_RELAY_TEST_HOOK_DIR"]) / f"release-{tag}"
+    deadline = time.monotonic() + 30
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
