@@ -7,13 +7,14 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from shared.events import TERMINAL_TYPES
 from shared.redis_client import StreamsRedis
 from shared.retry import until_redis_answers
 
 Entry = tuple[str, str]  # (stream entry id, event JSON)
 
 # Events are encoded with "type" first (shared.events.encode), so the terminal check needs no JSON parse.
-_TERMINAL_PREFIXES = ('{"type":"done"', '{"type":"error"')
+_TERMINAL_PREFIXES = tuple(f'{{"type":"{kind}"' for kind in sorted(TERMINAL_TYPES))
 
 
 def is_terminal(raw: str) -> bool:

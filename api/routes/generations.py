@@ -23,6 +23,7 @@ from api.schemas import (
 from api.service import created_response, save_cancelled, start_generation
 from api.sse import frames, is_at_or_after, replay_plan, resume_point, sse_response, stored_entries, stored_frames
 from api.views import live_view, stored_view
+from shared.events import EVENT_TYPES
 from shared.jobs import StoredRequest
 from shared.messages import ChatMessage, build_messages
 from shared.streams import fold, read_range
@@ -34,8 +35,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 # One event of the stream (OpenAPI 3.2's itemSchema, as FastAPI documents its own SSE routes): an id and one
 # JSON `data` line whose `type` is one of the event types (shared/events.py).
-_EVENT_TYPES = ["content", "reasoning", "reset", "done", "error"]
-_EVENT_DATA = {"type": "object", "required": ["type"], "properties": {"type": {"enum": _EVENT_TYPES}}}
+_EVENT_DATA = {"type": "object", "required": ["type"], "properties": {"type": {"enum": list(EVENT_TYPES)}}}
 _SSE_EVENT = {
     "type": "object",
     "required": ["id", "data"],
