@@ -150,6 +150,12 @@ class Generations:
             return None
         return GenerationState.from_hash(generation_id, raw)
 
+    async def progress(self, generation_id: str) -> tuple[str | None, str | None, int]:
+        """(status, terminal id, attempt) without the request: None as status if the generation is gone."""
+        fields = ["status", "terminal_id", "attempt"]
+        status, terminal_id, attempt = await self.redis.hmget(self.keys(generation_id).state, fields)  # type: ignore[misc]
+        return status, terminal_id, int(attempt or 0)
+
     async def cancel_requested(self, generation_id: str) -> bool:
         flag = await self.redis.hget(self.keys(generation_id).state, "cancel")  # type: ignore[misc]
         return bool(flag == "1")

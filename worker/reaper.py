@@ -47,21 +47,21 @@ async def reap(deps: Deps, queue: Redis, grace_s: float = GRACE_S) -> Reaped:
 
 async def _check(deps: Deps, queue: Redis, active: str, generation_id: str, grace_s: float, reaped: Reaped) -> None:
     generations = deps.generations
-    state = await generations.get(generation_id)
-    if state is None:
+    status, terminal_id, attempt = await generations.progress(generation_id)
+    if status is None:
         await generations.redis.zrem(active, generation_id)  # expired: nothing left to end
         return
-    if state.terminal_id is None:
+    if terminal_id is None:
         if await _job_exists(queue, generation_id):
             return
-        outcome, terminal_id = await generations.reap(generation_id, state.attempt, grace_s)
+        outcome, terminal_id = await generations.reap(generation_id, attempt, grace_s)
         if outcome != "ended":
             return
         log.warning("generation %s: its job is gone; ended worker_lost", generation_id)
         reaped.ended += 1
-        state = await generations.get(generation_id)
-        if state is None or state.terminal_id != terminal_id:
-            return
+    state = await generations.get(generation_id)
+    if state is None or state.terminal_id != terminal_id:
+        return
     if await _ensure_record(deps, state):
         reaped.recorded += 1
     await generations.release(state.owner, generation_id)
