@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,55 +14,18 @@ from arq import Retry
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
-from shared.config import Settings
-from shared.hooks import HookRegistry, HookThreads
 from shared.ids import new_generation_id, parse_stream_id
 from shared.jobs import StoredRequest
 from shared.keys import active_key
-from shared.redis_client import streams_client
-from shared.state import Generations
-from shared.store.db import make_engine
-from shared.store.migrate import upgrade
-from shared.store.repository import ResultStore
 from shared.streams import read_range
 from tests.support.databases import allow_connections, postgres_database
 from tests.support.redis_server import own_redis
+from tests.support.worker import worker_deps
 from worker.deps import Deps
 from worker.job import run_generation
-from worker.lease import Leases
 from worker.reaper import reap
-from worker.upstream import make_client
 
 REQUEST = StoredRequest(messages=[{"role": "user", "content": "echo:hi"}], model="demo")
-
-
-@asynccontextmanager
-async def worker_deps(redis_url: str, database_url: str, **settings: Any) -> AsyncIterator[Deps]:
-    config = Settings(
-        redis_url=redis_url,
-        key_prefix="j" + uuid.uuid4().hex[:8],
-        database_url=database_url,
-        openai_base_url="http://127.0.0.1:9/v1",  # never reached: these jobs end before the provider call
-        **settings,
-    )
-    engine = make_engine(database_url)
-    await upgrade(engine)
-    redis = streams_client(config)
-    deps = Deps(
-        settings=config,
-        generations=Generations(redis, config),
-        client=make_client(config),
-        store=ResultStore(engine),
-        hooks=HookRegistry({}),
-        hook_threads=HookThreads(2),
-        leases=Leases(redis, config.job_lease_s),  # type: ignore[arg-type]
-    )
-    try:
-        yield deps
-    finally:
-        await deps.client.close()
-        await redis.aclose()
-        await engine.dispose()
 
 
 async def _created(deps: Deps, owner: str = "anonymous") -> str:

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from shared.ids import new_generation_id
+from shared.jobs import StoredRequest
+from shared.keys import active_key
 from shared.store.db import make_engine
 from shared.store.repository import ResultStore
 from tests.support.databases import allow_connections, postgres_database
 from tests.support.jobs import job_ended
 from tests.support.sse import assert_well_formed, read_events, text_of
 from tests.support.stack import Stack, running_stack
+from tests.support.worker import worker_deps
+from worker.reaper import reap
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +79,29 @@ async def test_done_waits_for_the_record_through_a_store_outage(outage_stack: St
     finally:
         await allow_connections(database_url, True)
         await store_engine.dispose()
+
+
+async def test_a_cancel_while_the_store_is_away_succeeds_and_the_reaper_records_it(outage_stack: Stack) -> None:
+    stack = outage_stack
+    database_url = stack.env["DATABASE_URL"]
+    async with worker_deps(stack.env["REDIS_URL"], database_url, key_prefix=stack.prefix) as deps:
+        # Queued (admitted, its job not yet taken): only the API can end it.
+        generation_id = new_generation_id()
+        assert await deps.generations.admit("anonymous", generation_id)
+        request = StoredRequest(messages=[{"role": "user", "content": "echo:never"}], model="demo")
+        await deps.generations.create(generation_id, request, {"kept": True}, "anonymous")
+        await allow_connections(database_url, False)
+        try:
+            async with stack.client() as client:
+                cancel = await client.post(f"/v1/generations/{generation_id}/cancel")
+            assert (cancel.status_code, cancel.json()["status"]) == (202, "cancelled")
+        finally:
+            await allow_connections(database_url, True)
+        assert await deps.store.get(generation_id) is None
+
+        await reap(deps, deps.generations.redis)  # type: ignore[arg-type]  # (or the stack worker's, if first)
+        record = await deps.store.get(generation_id)
+        assert record is not None
+        assert (record.status, record.error_code, record.meta) == ("cancelled", "cancelled", {"kept": True})
+        active = await deps.generations.redis.zrange(active_key(stack.prefix, "anonymous"), 0, -1)
+        assert generation_id not in active
