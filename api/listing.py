@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 
 from api.deps import Services
 from api.errors import ApiError
-from api.schemas import GenerationPage, GenerationSummary, Status
+from api.schemas import GenerationPage, GenerationSummary
 from api.views import live_summary, stored_summary
 from shared.ids import is_generation_id
 from shared.keys import active_key
-from shared.state import GenerationState
+from shared.state import GenerationState, Status
 from shared.store.repository import aware
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

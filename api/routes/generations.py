@@ -18,7 +18,6 @@ from api.schemas import (
     GenerationPage,
     GenerationStatus,
     GenerationView,
-    Status,
 )
 from api.service import created_response, save_cancelled, start_generation
 from api.sse import frames, is_at_or_after, replay_plan, resume_point, sse_response, stored_entries, stored_frames
@@ -26,6 +25,7 @@ from api.views import live_view, stored_view
 from shared.events import EVENT_TYPES
 from shared.jobs import StoredRequest
 from shared.messages import ChatMessage, build_messages
+from shared.state import Status
 from shared.streams import fold, read_range
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
