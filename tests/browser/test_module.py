@@ -172,3 +172,40 @@ async def test_the_module_keeps_going_through_an_api_sigkill_and_restart(page: P
     assert len(events) > len(before)
     # It did reconnect (the first tries met a dead port), and then carried on from where it was.
     assert await page.evaluate("window.retries.length") >= 1
+
+
+DETACH_AND_REATTACH = """
+async (body) => {
+  const { RelayClient } = await import("/static/sse-relay.js");
+  const relay = new RelayClient("");
+  const controller = new AbortController();
+  const first = relay.stream(body, { signal: controller.signal });
+  const before = [];
+  let stopped = null;
+  try {
+    for await (const event of first) {
+      before.push(event);
+      if (before.length === 3) controller.abort();
+    }
+  } catch (error) {
+    stopped = error.name;
+  }
+  const after = [];
+  for await (const event of relay.events(first.id, { lastEventId: first.lastEventId })) after.push(event);
+  return { stopped, id: first.id, before, after };
+}
+"""
+
+
+async def test_an_abort_signal_detaches_and_events_reattaches_where_it_left(page: Page, stack: Stack) -> None:
+    await page.goto(f"{stack.api_url}/")
+    body = {"prompt": f"echo:{LONG}", "model": "demo@chunk=4,delay_ms=20"}
+    outcome = await page.evaluate(DETACH_AND_REATTACH, body)
+    assert outcome["stopped"] == "AbortError"
+    assert len(outcome["before"]) == 3
+    # Detaching did not cancel: the generation ran on, and the rest came exactly once after the last event seen.
+    events = outcome["before"] + outcome["after"]
+    assert "".join(event["data"] for event in events if event["type"] == "content") == LONG
+    assert events[-1]["type"] == "done"
+    ids = [tuple(int(part) for part in event["id"].split("-")) for event in events]
+    assert ids == sorted(set(ids))
