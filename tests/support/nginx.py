@@ -66,7 +66,8 @@ def _main_config(workdir: Path, site: Path) -> str:
     return (
         f"{user}daemon off;\nworker_processes 1;\npid {workdir / 'nginx.pid'};\n"
         f"error_log {workdir / 'error.log'} info;\n"
-        "events { worker_connections 256; }\n"
+        # Each SSE client holds two connections (client and upstream): room for the benchmark's thousands.
+        "worker_rlimit_nofile 65536;\nevents { worker_connections 16384; }\n"
         f"http {{\n  access_log {workdir / 'access.log'};\n  include {site};\n}}\n"
     )
 
