@@ -2,22 +2,33 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYPROJECT_SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Two install levels, each remembered by a stamp named after pyproject.toml's checksum: `make run` needs the
+# runtime and the embedded servers (.[embedded]); everything else needs the dev tools too (.[dev], a superset,
+# so installing it also satisfies `make run`).
+STAMP := $(VENV)/.installed-dev-$(PYPROJECT_SUM)
+RUN_STAMP := $(VENV)/.installed-run-$(PYPROJECT_SUM)
+# `make run PORT=8080`: the API's port; the demo model takes PORT + 1 (or DEMO_MODEL_PORT).
+PORT ?= 8000
 
-.PHONY: run test lint typecheck check bench chaos clean
+.PHONY: run test lint typecheck check bench chaos clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-* && touch $(STAMP)
+	rm -f $(VENV)/.installed-* && touch $(STAMP) $(RUN_STAMP)
+
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[embedded]'
+	rm -f $(VENV)/.installed-run-* && touch $(RUN_STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/sse-relay dev
+run: $(RUN_STAMP)
+	$(BIN)/sse-relay dev --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

