@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # DashScope's OpenAI-compatible endpoint: the seed's default provider.
 DASHSCOPE_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+# Default models when AI_MODEL_NAME is unset, by provider: each provider refuses the other's model names.
+DASHSCOPE_DEFAULT_MODEL = "qwen-plus"
+OPENAI_DEFAULT_MODEL = "gpt-4.1-mini"  # small, current, and takes max_tokens/temperature like older chat models
+
+
+def default_model(base_url: str | None) -> str:
+    """The model for a provider endpoint (None: the SDK's default, OpenAI). Any other endpoint gets the seed's
+    DashScope model: set AI_MODEL_NAME for it."""
+    host = (urlsplit(base_url).hostname or "") if base_url else "api.openai.com"
+    if host == "api.openai.com":
+        return OPENAI_DEFAULT_MODEL
+    return DASHSCOPE_DEFAULT_MODEL
 
 
 def _split_csv(value: object) -> object:
@@ -29,7 +42,8 @@ class Settings(BaseSettings):
     )
     dashscope_api_key: SecretStr | None = Field(default=None, validation_alias="DASHSCOPE_API_KEY")
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
-    ai_model_name: str = Field(default="qwen-plus", validation_alias=AliasChoices("AI_MODEL_NAME", "QWEN_MODEL_NAME"))
+    # Empty: chosen by provider (default_model).
+    ai_model_name: str = Field(default="", validation_alias=AliasChoices("AI_MODEL_NAME", "QWEN_MODEL_NAME"))
     upstream_read_timeout_s: float = Field(default=60.0, gt=0, validation_alias="UPSTREAM_READ_TIMEOUT_S")
     upstream_connect_timeout_s: float = Field(default=10.0, gt=0, validation_alias="UPSTREAM_CONNECT_TIMEOUT_S")
     upstream_max_retries: int = Field(default=2, ge=0, le=10, validation_alias="UPSTREAM_MAX_RETRIES")
@@ -105,8 +119,10 @@ class Settings(BaseSettings):
         return _split_csv(value)
 
     @model_validator(mode="after")
-    def _dashscope_default_url(self) -> Settings:
-        # An empty OPENAI_API_KEY (compose's ${OPENAI_API_KEY:-}, a .env template) counts as unset.
+    def _provider_defaults(self) -> Settings:
+        # An empty key (compose's ${OPENAI_API_KEY:-}, a .env template) counts as unset.
+        if self.dashscope_api_key is not None and not self.dashscope_api_key.get_secret_value():
+            self.dashscope_api_key = None
         if self.openai_api_key is not None and not self.openai_api_key.get_secret_value():
             self.openai_api_key = self.dashscope_api_key
         # Only DASHSCOPE_API_KEY given: the key is DashScope's, so talk to DashScope unless told otherwise.
@@ -115,6 +131,8 @@ class Settings(BaseSettings):
             self.openai_base_url = DASHSCOPE_BASE_URL
         if self.openai_base_url == "":
             self.openai_base_url = None
+        if not self.ai_model_name:
+            self.ai_model_name = default_model(self.openai_base_url)
         return self
 
     @property

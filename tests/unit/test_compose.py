@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from shared.config import DASHSCOPE_BASE_URL, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -142,12 +147,21 @@ def test_app_services_start_only_after_their_dependencies_are_healthy(name: str,
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_app_services_are_built_from_this_repository_and_restart_unless_stopped(name: str) -> None:
-    service = _service(name)
-    build = service["build"]
-    context = build if isinstance(build, str) else build["context"]
-    assert context in {".", "./"}
-    assert service["restart"] == "unless-stopped"
+def test_app_services_restart_unless_stopped(name: str) -> None:
+    assert _service(name)["restart"] == "unless-stopped"
+
+
+def test_the_image_is_built_once_from_this_repository_and_run_by_every_app_service() -> None:
+    services = _load_compose()["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["api"]
+    build = services["api"]["build"]
+    assert (build if isinstance(build, str) else build["context"]) in {".", "./"}
+    image = services["api"]["image"]
+    for name in (*APP_SERVICES, "provider-check"):
+        assert services[name]["image"] == image
+        if name not in builders:
+            assert services[name]["pull_policy"] == "never", f"{name} would try to pull the locally built image"
 
 
 def test_api_command_serves_the_fastapi_app_on_port_8000_with_bounded_graceful_shutdown() -> None:
@@ -217,7 +231,7 @@ def test_database_url_uses_asyncpg_against_the_postgres_service(name: str) -> No
 def test_api_and_worker_share_one_environment() -> None:
     api_env = _environment(_service("api"))
     assert api_env == _environment(_service("worker"))
-    expected = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "AI_MODEL_NAME", "SSE_RELAY_API_KEYS"}
+    expected = {"OPENAI_API_KEY", "DASHSCOPE_API_KEY", "OPENAI_BASE_URL", "AI_MODEL_NAME", "SSE_RELAY_API_KEYS"}
     assert expected <= set(api_env)
 
 
@@ -279,3 +293,71 @@ def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build_context() -
     patterns = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()}
     assert {".venv", ".git", ".env", "*.db", "tests"} <= patterns
     assert "README.md" not in patterns
+
+
+def _interpolate(value: str, shell: dict[str, str]) -> str:
+    """Compose's `${VAR}` / `${VAR:-default}` / `${VAR-default}` for a whole value (the forms this file uses)."""
+    match = INTERPOLATION.match(value)
+    if match is None:
+        assert "${" not in value.replace("${POSTGRES_PASSWORD:-sse_relay}", ""), value
+        return value.replace("${POSTGRES_PASSWORD:-sse_relay}", shell.get("POSTGRES_PASSWORD") or "sse_relay")
+    name, op, default = match.group("name", "op", "default")
+    assert op in (None, ":-", "-"), value
+    present = shell.get(name)
+    if op == ":-":
+        return present or default
+    return default if present is None and op == "-" else present or ""
+
+
+def _app_env(shell: dict[str, str]) -> dict[str, str]:
+    return {name: _interpolate(value, shell) for name, value in _environment(_service("api")).items()}
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_start_only_after_the_provider_check_passed(name: str) -> None:
+    assert _service(name)["depends_on"]["provider-check"]["condition"] == "service_completed_successfully"
+
+
+def _provider_check(shell: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The provider-check service's command, run with the environment compose would give it."""
+    command = _command(_service("provider-check"))
+    assert command[0] == "python"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "DASHSCOPE_API_KEY")},
+           **_app_env(shell)}  # fmt: skip
+    return subprocess.run([sys.executable, *command[1:]], env=env, cwd=tmp_path, capture_output=True, text=True)
+
+
+def test_without_any_provider_key_compose_refuses_to_start_with_a_clear_message(tmp_path: Path) -> None:
+    result = _provider_check({}, tmp_path)
+    assert result.returncode == 1
+    assert "OPENAI_API_KEY" in result.stderr and "DASHSCOPE_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("shell", [{"OPENAI_API_KEY": "sk-o"}, {"DASHSCOPE_API_KEY": "sk-d"}])
+def test_either_provider_key_passes_the_provider_check(shell: dict[str, str], tmp_path: Path) -> None:
+    assert _provider_check(shell, tmp_path).returncode == 0
+
+
+def _settings(shell: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in ("OPENAI_API_KEY", "DASHSCOPE_API_KEY", "OPENAI_BASE_URL", "AI_MODEL_NAME", "QWEN_MODEL_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in _app_env(shell).items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def test_compose_with_only_an_openai_key_talks_to_openai_with_an_openai_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = _settings({"OPENAI_API_KEY": "sk-o"}, monkeypatch, tmp_path)
+    assert (settings.provider_key, settings.openai_base_url, settings.ai_model_name) == ("sk-o", None, "gpt-4.1-mini")
+
+
+def test_compose_with_only_a_dashscope_key_talks_to_dashscope_with_qwen(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = _settings({"DASHSCOPE_API_KEY": "sk-d"}, monkeypatch, tmp_path)
+    assert (settings.provider_key, settings.openai_base_url) == ("sk-d", DASHSCOPE_BASE_URL)
+    assert settings.ai_model_name == "qwen-plus"

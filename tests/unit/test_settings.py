@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from shared.config import DASHSCOPE_BASE_URL, Settings
+from shared.config import DASHSCOPE_BASE_URL, DASHSCOPE_DEFAULT_MODEL, OPENAI_DEFAULT_MODEL, Settings
 
 ENV_VARS = (
     "OPENAI_API_KEY",
@@ -44,7 +44,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
 def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
     settings = Settings()
-    assert settings.ai_model_name == "qwen-plus"
+    assert settings.ai_model_name == OPENAI_DEFAULT_MODEL  # no base URL: the SDK's default endpoint, OpenAI's
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.max_body_bytes == 1_048_576
     assert settings.upstream_read_timeout_s == 60
@@ -104,6 +104,41 @@ def test_empty_base_url_means_unset(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OPENAI_API_KEY", "sk-openai-key-1234")
     clean_env.setenv("OPENAI_BASE_URL", "")
     assert Settings().openai_base_url is None
+
+
+def test_only_an_openai_key_defaults_to_a_small_openai_model(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OPENAI_API_KEY", "sk-openai-key-1234")
+    assert Settings().ai_model_name == OPENAI_DEFAULT_MODEL == "gpt-4.1-mini"
+    clean_env.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
+    assert Settings().ai_model_name == OPENAI_DEFAULT_MODEL
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DASHSCOPE_API_KEY": "sk-dashscope-key-5678"},
+        {"OPENAI_API_KEY": "", "DASHSCOPE_API_KEY": "sk-dashscope-key-5678", "AI_MODEL_NAME": ""},
+        {"OPENAI_API_KEY": "sk-key", "OPENAI_BASE_URL": DASHSCOPE_BASE_URL},
+        {"OPENAI_API_KEY": "sk-key", "OPENAI_BASE_URL": "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"},
+    ],
+)
+def test_dashscope_defaults_to_qwen_plus(clean_env: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    assert Settings().ai_model_name == DASHSCOPE_DEFAULT_MODEL == "qwen-plus"
+
+
+def test_an_explicit_model_wins_over_the_provider_default(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OPENAI_API_KEY", "sk-openai-key-1234")
+    clean_env.setenv("AI_MODEL_NAME", "gpt-5-mini")
+    assert Settings().ai_model_name == "gpt-5-mini"
+
+
+def test_empty_keys_count_as_no_key(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OPENAI_API_KEY", "")
+    clean_env.setenv("DASHSCOPE_API_KEY", "")
+    settings = Settings()
+    assert settings.provider_key is None and settings.secrets() == []
 
 
 def test_qwen_model_name_is_a_fallback(clean_env: pytest.MonkeyPatch) -> None:
