@@ -13,7 +13,7 @@ from fastapi import Depends, Query, Request
 from api.enqueue import Enqueuer
 from api.errors import ApiError
 from api.stream_hub import StreamHub
-from shared.config import Settings
+from shared.config import ANONYMOUS_CALLER, Settings
 from shared.hooks import HookRegistry
 from shared.ids import is_generation_id
 from shared.redis_client import StreamsRedis
@@ -47,7 +47,7 @@ async def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-ANONYMOUS = "anonymous"
+ANONYMOUS = ANONYMOUS_CALLER
 
 
 def _unauthorized() -> ApiError:
@@ -76,6 +76,15 @@ async def get_caller(caller: Annotated[str | None, Depends(get_optional_caller)]
     if caller is None:
         raise _unauthorized()
     return caller
+
+
+def caller_secret(request: Request, services: Services) -> str:
+    """The bearer key the request authenticated with (already checked by get_caller); empty when auth is off.
+    Kept in memory for the request only: it keys values only this caller can derive (a replay's read token)."""
+    if not services.settings.api_keys:
+        return ""
+    _, _, key = request.headers.get("authorization", "").partition(" ")
+    return key.strip()
 
 
 CallerDep = Annotated[str, Depends(get_caller)]

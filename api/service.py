@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import json
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from fastapi import Response
@@ -34,7 +36,7 @@ class Started:
     id: str
     status: Status
     new: bool  # False: an Idempotency-Key attached this request to an existing generation
-    token: str | None = None  # read token, only when the generation was created by this request
+    token: str | None = None  # read token: a new generation's, or an idempotent replay's (derived again)
 
 
 def fingerprint(request: StoredRequest, metadata: dict[str, Any]) -> str:
@@ -54,31 +56,91 @@ async def start_generation(
     metadata: dict[str, Any],
     caller: str,
     idempotency: str | None = None,
+    caller_secret: str = "",
 ) -> Started:
-    """Claim the idempotency key if any, then create and enqueue. A replayed key enqueues nothing."""
+    """Claim the idempotency key if any, then create and enqueue. A replayed key enqueues nothing.
+
+    `caller_secret` (the caller's bearer key, empty when auth is off) keys the read token of an idempotent
+    request, so that a replay can hand the same token back (see `idempotent_read_token`).
+    """
     check_limits(services.settings, request)
     check_hooks(services, request)
     generation_id = new_generation_id()
-    idempotency_redis_key = None
+    claim: _Claim | None = None
     if idempotency is not None:
-        existing = await _claim_idempotency(
-            services, generation_id, caller, idempotency, fingerprint(request, metadata)
-        )
+        print_ = fingerprint(request, metadata)
+        existing = await _claim_idempotency(services, generation_id, caller, idempotency, print_)
         if existing is not None:
-            return existing
-        idempotency_redis_key = _idempotency_redis_key(services, caller, idempotency)
-    token = secrets.token_urlsafe(24)
-    # Admission (the per-caller limit), state and job in one round trip.
-    if not await services.enqueuer.submit(generation_id, request, metadata, caller, token_digest(token)):
-        if idempotency_redis_key is not None:
-            await services.streams.delete(idempotency_redis_key)  # nothing started under it
-        limit = services.settings.max_concurrent_per_caller
+            return await _with_replayed_token(services, existing, caller_secret, idempotency)
+        claim = _Claim(_idempotency_redis_key(services, caller, idempotency), f"{generation_id} {print_}")
+    if idempotency is None:
+        token = secrets.token_urlsafe(24)
+    else:
+        token = idempotent_read_token(caller_secret, idempotency, generation_id)
+    try:
+        # Admission (the per-caller limit), state and job in one round trip.
+        admitted = await services.enqueuer.submit(generation_id, request, metadata, caller, token_digest(token))
+    except BaseException:
+        # Nothing started under the key (a pool timeout, a Redis blip, a cancelled request): a retry must be
+        # able to claim it, not find it pointing at no generation until it expires.
+        if claim is not None:
+            await _release(services, claim)
+        raise
+    if not admitted:
+        if claim is not None:
+            await _release(services, claim)
+        limit = services.settings.concurrency_limit(caller)
         raise ApiError(
             429, "too_many_generations", f"At most {limit} unfinished generations per caller; wait for one to end.",
             headers={"Retry-After": "1"},
         )  # fmt: skip
     metrics.GENERATIONS_CREATED.inc()
     return Started(generation_id, "queued", new=True, token=token)
+
+
+def idempotent_read_token(caller_secret: str, idempotency: str, generation_id: str) -> str:
+    """The read token of a generation started with an Idempotency-Key, derived instead of random.
+
+    Only its digest is stored, so a replay cannot look the token up; it derives it again. Deriving it takes the
+    caller's bearer key, so only that caller (who may read the generation with the key anyway) can; with auth
+    off every client is one caller and may read every generation without a token, so nothing is given away.
+    """
+    key = f"{caller_secret}\0{idempotency}".encode()
+    digest = hmac.new(key, f"sse-relay read token {generation_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:24]).decode()
+
+
+async def _with_replayed_token(services: Services, existing: Started, caller_secret: str, idempotency: str) -> Started:
+    """The replay gets the generation's read token too, when it is the one the first request derived."""
+    token = idempotent_read_token(caller_secret, idempotency, existing.id)
+    state = await services.generations.get(existing.id)
+    record = None if state is not None else await services.store.get(existing.id)
+    stored = state.read_token_sha if state is not None else record.read_token_sha if record is not None else None
+    if stored and hmac.compare_digest(stored, token_digest(token)):
+        return replace(existing, token=token)
+    return existing
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    redis_key: str
+    value: str
+
+
+async def _release(services: Services, claim: _Claim) -> None:
+    """Deletes the idempotency claim if it is still ours; a failure here is logged, never raised over the
+    error being answered."""
+    try:
+        await services.streams.eval(_RELEASE_IF_OURS, 1, claim.redis_key, claim.value)  # type: ignore[misc]
+    except Exception as exc:
+        log.warning("could not release an idempotency claim: %s", type(exc).__name__)
+
+
+# Compare-and-delete: a claim that expired and was taken by another request meanwhile is not ours to delete.
+_RELEASE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def token_digest(token: str) -> str:

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # DashScope's OpenAI-compatible endpoint: the seed's default provider.
 DASHSCOPE_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+# The one caller every request is when no API keys are configured (auth off).
+ANONYMOUS_CALLER = "anonymous"
 # Default models when AI_MODEL_NAME is unset, by provider: each provider refuses the other's model names.
 DASHSCOPE_DEFAULT_MODEL = "qwen-plus"
 OPENAI_DEFAULT_MODEL = "gpt-4.1-mini"  # small, current, and takes max_tokens/temperature like older chat models
@@ -94,6 +96,8 @@ class Settings(BaseSettings):
     max_messages: int = Field(default=500, ge=1, validation_alias="MAX_MESSAGES")
     max_tokens_limit: int = Field(default=65_536, ge=1, validation_alias="MAX_TOKENS_LIMIT")
     max_concurrent_per_caller: int = Field(default=100, ge=1, validation_alias="MAX_CONCURRENT_PER_CALLER")
+    # With auth off every client is the one anonymous caller: its limit caps the whole service, so it is its own.
+    max_concurrent_anonymous: int = Field(default=1000, ge=1, validation_alias="MAX_CONCURRENT_ANONYMOUS")
 
     # Durable results and hooks.
     auto_migrate: bool = Field(default=True, validation_alias="AUTO_MIGRATE")
@@ -134,6 +138,12 @@ class Settings(BaseSettings):
         if not self.ai_model_name:
             self.ai_model_name = default_model(self.openai_base_url)
         return self
+
+    def concurrency_limit(self, caller: str) -> int:
+        """Unfinished generations `caller` may have at once."""
+        if caller == ANONYMOUS_CALLER:
+            return self.max_concurrent_anonymous
+        return self.max_concurrent_per_caller
 
     @property
     def streams_url(self) -> str:

@@ -243,7 +243,7 @@ class Generations:
         settings = self.settings
         now = time.time()
         deadline = now + settings.job_timeout_s * (settings.job_max_tries + 1) + 60
-        limit = settings.max_concurrent_per_caller
+        limit = settings.concurrency_limit(owner)
         return active_key(settings.key_prefix, owner), (now, deadline, limit, int(deadline - now))
 
     async def release(self, owner: str, generation_id: str) -> None:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from api import metrics
 from api.body import generation_create
-from api.deps import CallerDep, Found, GenerationDep, ReadableDep, ServicesDep, find_generation, not_found
+from api.deps import (
+    CallerDep,
+    Found,
+    GenerationDep,
+    ReadableDep,
+    ServicesDep,
+    caller_secret,
+    find_generation,
+    not_found,
+)
 from api.listing import list_generations
 from api.schemas import (
     ErrorBody,
@@ -79,6 +88,7 @@ def stored_request(body: GenerationCreate, default_model: str) -> StoredRequest:
     summary="Start a generation; stream it (default) or run it in the background",
 )
 async def create_generation(
+    http_request: Request,
     services: ServicesDep,
     caller: CallerDep,
     body: Annotated[GenerationCreate, Depends(generation_create)],
@@ -86,10 +96,16 @@ async def create_generation(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     request = stored_request(body, services.settings.ai_model_name)
-    started = await start_generation(services, request, body.metadata or {}, caller, idempotency_key or None)
+    secret = caller_secret(http_request, services)
+    started = await start_generation(
+        services, request, body.metadata or {}, caller, idempotency_key or None, caller_secret=secret
+    )
     background = body.background or "respond-async" in (prefer or "").lower()
     if not started.new and not background:
-        return await _events_response(services, await find_generation(started.id, services, caller), None)
+        response = await _events_response(services, await find_generation(started.id, services, caller), None)
+        if started.token is not None:
+            response.headers["X-Generation-Token"] = started.token
+        return response
     return created_response(started, background, services)
 
 
