@@ -43,7 +43,9 @@ def describe_validation(errors: list[Any]) -> str:
     parts = []
     for err in errors[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+        # pydantic prefixes the message of a ValueError raised by a validator with "Value error, ".
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {message}" if loc else message)
     return "; ".join(parts) or "The request is invalid."
 
 

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.state import Status
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+# `metadata` is stored with the generation (Redis, the result store) and returned by every read of it.
+MAX_METADATA_BYTES = 16_384  # as compact UTF-8 JSON
+MAX_METADATA_DEPTH = 16  # the object itself is depth 1
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
 
 
 class Message(BaseModel):
@@ -29,13 +45,27 @@ class GenerationCreate(BaseModel):
     messages: list[Message] | None = Field(default=None, min_length=1, max_length=1000)
     model: str | None = Field(default=None, min_length=1, max_length=200)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    # No upper bound here: MAX_TOKENS_LIMIT is checked after validation (422 max_tokens_too_large, one code).
+    max_tokens: int | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
     on_complete: str | None = Field(default=None, min_length=1, max_length=200)
     on_content: str | None = Field(default=None, min_length=1, max_length=200)
     metadata: dict[str, Any] | None = None
     background: bool = False
     error_context: str | None = Field(default=None, max_length=200, description="Label for the worker's logs.")
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        depth = json_depth(value)
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"nested {depth} levels deep; at most {MAX_METADATA_DEPTH}")
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"{size} bytes as JSON; at most {MAX_METADATA_BYTES}")
+        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationCreate:

@@ -1,4 +1,4 @@
-"""Idempotency claims released on failure, the read token on a replay, and the anonymous concurrency limit.
+"""Idempotency claims released on failure, the read token on a replay, and the limits (concurrency, max_tokens).
 
 The API runs in-process (its real lifespan, a real Redis, a SQLite store) with no worker: generations stay
 queued, which is what the concurrency limit counts. Failures are injected through the Services the API is
@@ -78,7 +78,9 @@ async def test_the_429_path_releases_the_key_too(redis_url: str, tmp_path: Path)
         assert (await client.post("/v1/generations", json=BODY)).status_code == 202
         limited = await client.post("/v1/generations", json=BODY, headers={"Idempotency-Key": "k"})
         assert limited.status_code == 429
-        other_body = await client.post("/v1/generations", json={**BODY, "prompt": "other"}, headers={"Idempotency-Key": "k"})
+        other_body = await client.post(
+            "/v1/generations", json={**BODY, "prompt": "other"}, headers={"Idempotency-Key": "k"}
+        )
         assert other_body.status_code == 429, "the key must be free again (not a 409 for a different body)"
 
 
@@ -123,3 +125,13 @@ async def test_a_key_holder_keeps_the_per_caller_limit(redis_url: str, tmp_path:
             "/v1/generations", json=BODY, headers={"Authorization": f"Bearer {KEY}"}
         )
         assert [(await post()).status_code for _ in range(2)] == [202, 429]
+
+
+@pytest.mark.parametrize("max_tokens", [101, 1_000_001, 10**30])
+async def test_max_tokens_over_the_limit_is_one_code_whatever_the_value(
+    redis_url: str, tmp_path: Path, max_tokens: int
+) -> None:
+    async with running_api(_settings(redis_url, tmp_path, max_tokens_limit=100)) as (client, _):
+        response = await client.post("/v1/generations", json={**BODY, "max_tokens": max_tokens})
+        assert (response.status_code, response.json()["error"]["code"]) == (422, "max_tokens_too_large")
+        assert response.json()["error"]["message"] == "max_tokens may be at most 100."

@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from api import errors
 from api.body import generation_create
 from api.limits import BodySizeLimit
-from api.schemas import GenerationCreate
+from api.schemas import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, GenerationCreate
 
 MAX_BYTES = 100
 
@@ -82,9 +82,23 @@ async def test_parsed_model_keeps_all_fields(client: httpx.AsyncClient) -> None:
     "content_type",
     ["application/x-www-form-urlencoded", "multipart/form-data; boundary=xyz", "Application/X-WWW-Form-Urlencoded"],
 )
-async def test_form_encodings_are_refused_with_415(client: httpx.AsyncClient, content_type: str) -> None:
+async def test_form_bodies_are_refused_with_415(client: httpx.AsyncClient, content_type: str) -> None:
     response = await _post(client, b"prompt=hi", content_type)
     _assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "Application/X-WWW-Form-Urlencoded"])
+async def test_json_sent_with_curl_d_s_form_content_type_is_accepted(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    # `curl -d '{"prompt":"hi"}'` labels its body application/x-www-form-urlencoded.
+    response = await _post(client, PROMPT, content_type)
+    assert response.status_code == 200, response.text
+    assert response.json()["prompt"] == "hi"
+
+
+async def test_multipart_is_refused_even_when_its_body_parses_as_json(client: httpx.AsyncClient) -> None:
+    _assert_error(await _post(client, PROMPT, "multipart/form-data; boundary=xyz"), 415, "unsupported_media_type")
 
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"prompt": "hi"', b"\xff\xfe\x00", b"[" * 5000 + b"]" * 5000])
@@ -193,3 +207,73 @@ async def test_small_body_sent_chunked_is_accepted(client: httpx.AsyncClient) ->
 async def test_unknown_route_uses_the_error_shape(client: httpx.AsyncClient) -> None:
     _assert_error(await client.post("/nope", content=PROMPT), 404, "not_found")
     _assert_error(await client.get("/gen"), 405, "method_not_allowed")
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        (b'{"prompt": "hi", "metadata": {"note": "\\udfff"}}', "metadata.note"),
+        (b'{"prompt": "hi", "metadata": {"\\ud800": 1}}', "metadata"),
+        (b'{"prompt": "a\\udfffb"}', "prompt"),
+        (b'{"messages": [{"role": "user", "content": "\\ud83d"}]}', "messages[0].content"),
+        (b'{"prompt": "hi", "system": "\\udc00"}', "system"),
+    ],
+    ids=["metadata-value", "metadata-key", "prompt", "message", "system"],
+)
+async def test_lone_surrogate_escapes_are_422_naming_the_field(
+    client: httpx.AsyncClient, content: bytes, where: str
+) -> None:
+    response = await _post(client, content, "application/json")
+    _assert_error(response, 422, "validation_error")
+    assert response.json()["error"]["message"].startswith(f"{where}: text must be valid Unicode")
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+async def test_non_finite_numbers_in_metadata_are_422(client: httpx.AsyncClient, number: str) -> None:
+    content = f'{{"prompt": "hi", "metadata": {{"score": [1, {number}]}}}}'.encode()
+    response = await _post(client, content, "application/json")
+    _assert_error(response, 422, "validation_error")
+    assert response.json()["error"]["message"].startswith("metadata.score[1]: numbers must be finite")
+
+
+async def _post_big(payload: dict[str, Any]) -> httpx.Response:
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/gen")
+    async def create(body: Annotated[GenerationCreate, Depends(generation_create)]) -> dict[str, Any]:
+        return body.model_dump(exclude_none=True)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        return await http.post("/gen", json=payload)
+
+
+async def test_metadata_nested_too_deep_is_422() -> None:
+    assert (await _post_big({"prompt": "hi", "metadata": _nested(MAX_METADATA_DEPTH)})).status_code == 200
+    for depth in (MAX_METADATA_DEPTH + 1, 300):
+        response = await _post_big({"prompt": "hi", "metadata": _nested(depth)})
+        _assert_error(response, 422, "validation_error")
+        assert response.json()["error"]["message"] == f"metadata: nested {depth} levels deep; at most 16"
+
+
+async def test_metadata_over_its_size_limit_is_422() -> None:
+    fits = {"note": "é" * ((MAX_METADATA_BYTES - 20) // 2)}
+    assert (await _post_big({"prompt": "hi", "metadata": fits})).status_code == 200
+    response = await _post_big({"prompt": "hi", "metadata": {"note": "x" * MAX_METADATA_BYTES}})
+    _assert_error(response, 422, "validation_error")
+    assert "bytes as JSON; at most 16384" in response.json()["error"]["message"]
+
+
+async def test_validator_messages_have_no_pydantic_prefix(client: httpx.AsyncClient) -> None:
+    both = {"prompt": "hi", "messages": [{"role": "user", "content": "x"}]}
+    response = await _post(client, json.dumps(both).encode(), "application/json")
+    _assert_error(response, 422, "validation_error")
+    assert "Value error" not in response.json()["error"]["message"]
+    assert "give exactly one of `prompt` and `messages`" in response.json()["error"]["message"]
