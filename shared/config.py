@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     key_prefix: str = Field(default="sse-relay", validation_alias="SSE_RELAY_KEY_PREFIX")
     queue_name: str = Field(default="sse-relay:queue", validation_alias="SSE_RELAY_QUEUE_NAME")
 
-    # Durable store (used from the results issue on).
+    # Durable store: finished results and hook outcomes (SQLite by default, PostgreSQL in production).
     database_url: str = Field(default="sqlite+aiosqlite:///./sse-relay.db", validation_alias="DATABASE_URL")
 
     # API.

@@ -128,7 +128,7 @@ def _transport_kind(exc: BaseException) -> str | None:
 
 
 def classify(exc: BaseException) -> ErrorCode:
-    """Map an SDK, transport or parsing failure to the SPEC's error code."""
+    """Map an SDK, transport or parsing failure to the error code clients get (shared.errors.ErrorCode)."""
     transport = _transport_kind(exc)
     if isinstance(exc, openai.APITimeoutError) or transport == "timeout":
         return ErrorCode.UPSTREAM_TIMEOUT

@@ -1,4 +1,4 @@
-"""Each provider failure ends the generation with exactly one terminal `error` carrying the SPEC's code."""
+"""Each provider failure ends the generation with exactly one terminal `error` carrying its documented code."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def text_of(events: list[Received]) -> str:
 
 
 def assert_well_formed(events: list[Received]) -> None:
-    """SPEC section 4: ids strictly increase; exactly one terminal event, and it is the last."""
+    """The stream's contract: ids strictly increase; exactly one terminal event, and it is the last."""
     parsed = [parse_stream_id(e.id) for e in events]
     ids = [i for i in parsed if i is not None]
     assert len(ids) == len(parsed), f"every event needs a stream id: {[e.id for e in events]}"
