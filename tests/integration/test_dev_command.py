@@ -53,7 +53,7 @@ def test_a_taken_port_is_a_clear_message_not_a_traceback(tmp_path: Path, scratch
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run([sys.executable, "-m", "cli.main", "dev", "--port", str(port)], cwd=tmp_path,
-                                env=_env(scratch), capture_output=True, text=True, timeout=60)  # fmt: skip
+                                env=_env(scratch), capture_output=True, text=True, timeout=120)  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert f"PORT {port}" in output and "make run PORT=8080" in output
@@ -71,14 +71,14 @@ def test_dev_serves_on_its_port_with_the_demo_model_on_the_next_and_cleans_up(tm
                                  env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     dev = Process("dev", popen, log)
     try:
-        wait_for(lambda: _ok(f"http://127.0.0.1:{port}/readyz"), "the API", dev, timeout=90)
-        wait_for(lambda: _ok(f"http://127.0.0.1:{port + 1}/v1/models"), "the demo model", dev, timeout=30)
+        wait_for(lambda: _ok(f"http://127.0.0.1:{port}/readyz"), "the API", dev, timeout=180)
+        wait_for(lambda: _ok(f"http://127.0.0.1:{port + 1}/v1/models"), "the demo model", dev, timeout=60)
         assert any(p.name.startswith("sse-relay-redis-") for p in scratch.iterdir())
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/generations", json={"prompt": "echo:hi"},
                             headers={"Prefer": "respond-async"}, timeout=10)  # fmt: skip
         assert answer.status_code in (200, 202), answer.text
         popen.send_signal(signal.SIGINT)
-        assert popen.wait(timeout=60) == 0, log.read_text()
+        assert popen.wait(timeout=120) == 0, log.read_text()
     finally:
         dev.kill()
     assert not list(scratch.iterdir()), "temporary directories left behind"

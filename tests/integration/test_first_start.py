@@ -77,9 +77,10 @@ async def test_api_and_two_workers_started_together_on_a_new_sqlite_file_serve_a
         stack.launch_api()
         stack.launch_worker("worker-1")
         stack.launch_worker("worker-2")
-        stack.wait_api_ready()
-        stack.wait_worker_ready("worker-1")
-        stack.wait_worker_ready("worker-2")
+        # Three interpreters starting at once on a busy machine: give them time (a crash still fails at once).
+        stack.wait_api_ready(timeout=180)
+        stack.wait_worker_ready("worker-1", timeout=180)
+        stack.wait_worker_ready("worker-2", timeout=180)
 
         async with stack.client() as client:
             async with client.stream("POST", "/v1/generations", json={"prompt": f"echo:round {round_number}"}) as r:

@@ -14,8 +14,13 @@ import pytest
 from cli.embedded_redis import free_port
 from tests.support.stack import ROOT
 
-# The parts that need both servers: the whole flow with PostgreSQL as the store, and the store's own tests on it.
-SUBSET = ["tests/integration/test_postgres_stack.py", "tests/integration/test_store.py", "-k", "postgres"]
+# A small subset of the parts that need both servers: the whole flow with PostgreSQL as the store (real API and
+# worker processes), and some of the store's own tests on it (migrations, concurrent claims).
+SUBSET = [
+    "tests/integration/test_postgres_stack.py",
+    "tests/integration/test_store.py",
+    "-k", "test_postgres_stack or (postgresql and (upgrade or migrations or concurrent_claims))",
+]  # fmt: skip
 
 
 @pytest.mark.timeout(600)

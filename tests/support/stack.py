@@ -90,9 +90,10 @@ class Stack:
         """Starts a worker without waiting for it (see `wait_worker_ready`)."""
         return self.start(name, ["-m", "arq", "worker.main.WorkerSettings"])
 
-    def wait_worker_ready(self, name: str = "worker") -> None:
+    def wait_worker_ready(self, name: str = "worker", timeout: float = 30.0) -> None:
         process = self.processes[name]
-        wait_for(lambda: "worker ready" in process.log.read_text(errors="replace"), f"{name} to be ready", process)
+        ready = lambda: "worker ready" in process.log.read_text(errors="replace")  # noqa: E731
+        wait_for(ready, f"{name} to be ready", process, timeout)
 
     def start_api(self) -> None:
         self.launch_api()
@@ -103,8 +104,8 @@ class Stack:
         port = self.api_url.rsplit(":", 1)[1]
         self.start("api", ["-m", "uvicorn", "api.main:app", "--port", port, "--timeout-graceful-shutdown", "3"])
 
-    def wait_api_ready(self) -> None:
-        wait_for(lambda: _get_ok(f"{self.api_url}/readyz"), "the API", self.processes["api"])
+    def wait_api_ready(self, timeout: float = 30.0) -> None:
+        wait_for(lambda: _get_ok(f"{self.api_url}/readyz"), "the API", self.processes["api"], timeout)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.logdir.glob("*.log"))
