@@ -81,10 +81,11 @@ async def start_generation(
         # Admission (the per-caller limit), state and job in one round trip.
         admitted = await services.enqueuer.submit(generation_id, request, metadata, caller, token_digest(token))
     except BaseException:
-        # Nothing started under the key (a pool timeout, a Redis blip, a cancelled request): a retry must be
-        # able to claim it, not find it pointing at no generation until it expires.
+        # A pool timeout, a Redis blip, a cancelled request: unless the generation was created after all (the
+        # command ran but its answer was lost), a retry must be able to claim the key, not find it pointing at
+        # no generation until it expires.
         if claim is not None:
-            await _release(services, claim)
+            await _release(services, claim, unless_created=generation_id)
         raise
     if not admitted:
         if claim is not None:
@@ -127,10 +128,12 @@ class _Claim:
     value: str
 
 
-async def _release(services: Services, claim: _Claim) -> None:
-    """Deletes the idempotency claim if it is still ours; a failure here is logged, never raised over the
-    error being answered."""
+async def _release(services: Services, claim: _Claim, unless_created: str | None = None) -> None:
+    """Deletes the idempotency claim if it is still ours (and `unless_created` names no existing generation);
+    a failure here is logged, never raised over the error being answered."""
     try:
+        if unless_created is not None and await services.generations.get(unless_created) is not None:
+            return
         await services.streams.eval(_RELEASE_IF_OURS, 1, claim.redis_key, claim.value)  # type: ignore[misc]
     except Exception as exc:
         log.warning("could not release an idempotency claim: %s", type(exc).__name__)

@@ -53,8 +53,21 @@ class FailingOnce(Enqueuer):
         return await super().submit(*args, **kwargs)
 
 
-def _failing(enqueuer: Enqueuer) -> FailingOnce:
-    return FailingOnce(enqueuer.generations, enqueuer.queue, enqueuer.same_server)
+class AnswerLostOnce(Enqueuer):
+    """The real enqueuer, whose next submit runs but whose answer is lost (a connection dropped after sending)."""
+
+    failures = 1
+
+    async def submit(self, *args: Any, **kwargs: Any) -> bool:
+        admitted = await super().submit(*args, **kwargs)
+        if self.failures:
+            self.failures -= 1
+            raise RedisConnectionError("Connection closed by server.")
+        return admitted
+
+
+def _failing(enqueuer: Enqueuer, kind: type[Enqueuer] = FailingOnce) -> Enqueuer:
+    return kind(enqueuer.generations, enqueuer.queue, enqueuer.same_server)
 
 
 BODY = {"prompt": "echo:hi", "background": True}
@@ -71,6 +84,19 @@ async def test_a_failure_after_the_claim_releases_the_idempotency_key(redis_url:
         assert retried.status_code == 202, retried.text  # a new generation, not 409 for the key's lifetime
         again = await client.post("/v1/generations", json=BODY, headers=headers)
         assert (again.status_code, again.json()["id"]) == (200, retried.json()["id"])
+
+
+async def test_a_lost_answer_after_the_generation_was_created_keeps_the_key(redis_url: str, tmp_path: Path) -> None:
+    async with running_api(_settings(redis_url, tmp_path)) as (client, services):
+        services.enqueuer = _failing(services.enqueuer, AnswerLostOnce)
+        headers = {"Idempotency-Key": "order-2"}
+        assert (await client.post("/v1/generations", json=BODY, headers=headers)).status_code == 503
+        retried = await client.post("/v1/generations", json=BODY, headers=headers)
+        # Attached to the generation the first request did create: no second one.
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["status"] == "queued"
+        listed = (await client.get("/v1/generations")).json()
+        assert [g["id"] for g in listed["items"]] == [retried.json()["id"]]
 
 
 async def test_the_429_path_releases_the_key_too(redis_url: str, tmp_path: Path) -> None:
