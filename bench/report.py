@@ -86,7 +86,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def targets(doc: Doc) -> list[list[Any]]:
-    """[target, measured, PASS/FAIL/NOT RUN] for each SPEC figure the suite measures."""
+    """[target, measured, PASS/FAIL/NOT RUN] for each performance target the suite measures."""
     diff = _get(doc, "ttft", "result", "median", "diff") or {}
     delivery = {m["mode"]: m for m in _get(doc, "delivery", "result", "modes") or []}
     tput = _get(doc, "throughput", "result", "median") or {}
