@@ -164,3 +164,20 @@ def test_a_reconnect_through_the_switch_lands_on_the_other_api(client_stack: Sta
     assert_once_each(events)
     assert text_after_last_reset(events) == LONG
     second.stop()
+
+
+async def test_async_start_get_events_list_and_cancel(client_stack: Stack) -> None:
+    async with AsyncRelayClient(client_stack.api_url) as relay:
+        generation_id = await relay.start(f"echo:{LONG}", model="demo@chunk=2,delay_ms=100")
+        assert (await relay.get(generation_id)).status in ("queued", "running")
+        assert generation_id in [g.id for g in (await relay.list(status=None, limit=100)).items]
+        first: list[Event] = []
+        async for event in relay.events(generation_id):
+            first.append(event)
+            if event.type == "content":
+                break  # detach: the generation keeps running
+        assert await relay.cancel(generation_id) in ("running", "cancelled")
+        with pytest.raises(RelayError) as raised:
+            await relay.events(generation_id, last_event_id=first[-1].id).result()
+        assert raised.value.code == "cancelled"
+        assert (await relay.get(generation_id)).status == "cancelled"
