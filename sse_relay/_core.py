@@ -122,7 +122,8 @@ class Page:
 class Backoff:
     """Reconnect policy: `tries` failed attempts in a row (no event in between), exponential with jitter."""
 
-    tries: int = 10
+    # About 20 s of tries before giving up: enough for one API instance to restart.
+    tries: int = 15
     first_s: float = 0.1
     max_s: float = 2.0
 

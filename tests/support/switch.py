@@ -37,8 +37,16 @@ class Switch:
         asyncio.run_coroutine_threadsafe(self._switch(target_port), self._loop).result(10)
 
     def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        await self._switch(self.target_port)
+        # Cut connections end their pipes by themselves (no cancel: asyncio's server callback would report it).
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
