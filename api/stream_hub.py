@@ -7,6 +7,13 @@ joining a key wakes the reader (CLIENT UNBLOCK) so its key is read at once.
 Hand-over without gap or duplicate: a subscriber registers and notes the key's read position K in the same
 step (no await in between, so the reader cannot move). Entries after K reach it through its queue; entries
 from its resume point up to K it reads itself with XRANGE. Anything it receives twice is dropped by id.
+
+Each subscriber filters by its own position, and the shared one never trusts a client: a key's first position
+is the first subscriber's resume point, which may lie past the stream's end (a made-up Last-Event-ID), so until
+the reader has read an entry for the key, a subscriber resuming from earlier lowers it instead of reading a
+backlog up to it. A reply is applied to a key only if the key's position is still the one the read was sent
+with: a read in flight when the position changed (lowered, or the key left and joined again) is discarded and
+the next read starts from the new position.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ class _Subscriber:
 @dataclass(eq=False)
 class _Followed:
     last_id: str
+    # True once last_id is an entry the reader read: every entry up to it exists. Before that it is a client's
+    # resume point, perhaps past the end, and a later subscriber must not read a backlog up to it.
+    confirmed: bool = False
     subscribers: set[_Subscriber] = field(default_factory=set)
 
 
@@ -51,8 +61,12 @@ class _Shard:
     """One reader task and its connection, for the keys that hash to this shard."""
 
     def __init__(self, url: str, block_ms: int, control: Redis) -> None:
-        # A dedicated connection: the blocking XREAD holds it, and CLIENT UNBLOCK needs its id.
-        self.reader = Redis.from_url(url, decode_responses=True, single_connection_client=True, socket_timeout=None)
+        # A dedicated connection: the blocking XREAD holds it, and CLIENT UNBLOCK needs its id. Its socket
+        # timeout outlives the BLOCK: a reply that is that late means a dead or half-open connection, which
+        # without a timeout would stall every stream of the shard for good. The reader then reconnects and
+        # reads on from each key's position.
+        options = reader_options(block_ms)
+        self.reader = Redis.from_url(url, decode_responses=True, single_connection_client=True, **options)
         # XREAD's replies as Redis sends them: redis-py's default callback turns every entry's fields into a
         # dict, which was a quarter of the API's CPU at 1,000 busy streams (py-spy, BENCHMARKS.md).
         self.reader.set_response_callback("XREAD", _raw_reply)
@@ -85,20 +99,26 @@ class _Shard:
         if self.client_id is None:
             self.client_id = int(await self.reader.client_id())
         self.read_version = self.version
-        streams = {key: followed.last_id for key, followed in self.followed.items()}
+        sent = dict(self.followed)
+        streams = {key: followed.last_id for key, followed in sent.items()}
         started = time.monotonic()
-        response = await self.reader.xread(streams, count=_READ_COUNT, block=self.block_ms)
+        response = await self.xread(streams)
         for key, raw_entries in response or []:
             followed = self.followed.get(key)
-            if followed is None:
-                continue
+            if followed is None or followed is not sent.get(key) or followed.last_id != streams[key]:
+                continue  # the key left, came back or was lowered during the read: read again from its position
             # Each entry is [id, [field, value, ...]]; events are written with the one field "e".
             batch = [(entry_id, fields[fields.index("e") + 1]) for entry_id, fields in raw_entries]
             followed.last_id = batch[-1][0]
+            followed.confirmed = True
             for subscriber in followed.subscribers:
                 subscriber.queue.put_nowait(batch)
         if response and self.read_version == self.version:
             await self._gather_writes(started)
+
+    async def xread(self, streams: dict[str, str]) -> Any:
+        """One blocking read of every followed key (a seam the tests use to hold a reply)."""
+        return await self.reader.xread(streams, count=_READ_COUNT, block=self.block_ms)
 
     async def _gather_writes(self, read_started: float) -> None:
         """Busy streams: let writes pile up briefly so the next XREAD carries many of them. Without this pause
@@ -148,7 +168,7 @@ class StreamHub:
             bounded_pool(settings.streams_url, 1, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
         )
         self.shards = [_Shard(settings.streams_url, settings.sse_read_block_ms, self.control) for _ in range(shards)]
-        self._checks: dict[str, asyncio.Future[int]] = {}
+        self._checks: dict[str, asyncio.Future[list[str | None]]] = {}
 
     def start(self) -> None:
         for shard in self.shards:
@@ -169,14 +189,19 @@ class StreamHub:
         shard = self._shard(keys.events)
         subscriber = _Subscriber()
         followed = shard.followed.get(keys.events)
-        is_new = followed is None
+        moved = followed is None
         if followed is None:
             # The reader delivers everything after `after` itself: no backlog read needed.
             followed = shard.followed[keys.events] = _Followed(after)
+        elif not followed.confirmed and _before(after, followed.last_id):
+            # The position is only an earlier subscriber's claim: read from here instead (it drops what it
+            # has not asked for); a backlog up to that claim could stop short of entries still to come.
+            followed.last_id = after
+            moved = True
         position = followed.last_id
         followed.subscribers.add(subscriber)
         try:
-            if is_new:
+            if moved:
                 shard.wake()
             last = after
             if _before(after, position):
@@ -195,17 +220,21 @@ class StreamHub:
             if not followed.subscribers and shard.followed.get(keys.events) is followed:
                 del shard.followed[keys.events]
 
-    async def _exists(self, key: str) -> bool:
-        """One EXISTS per key at a time, shared by all its subscribers: they all got the key's last batch at
-        the same moment, so their idle timers end together (10,000 clients of 20 generations sent 10,000
-        EXISTS at once, more than the bounded pool could serve in its timeout)."""
+    async def _ended(self, key: str, last: str) -> bool:
+        """Whether a quiet subscriber at `last` is done: the generation is gone, or its terminal event is at or
+        before `last` (a subscriber resuming from past the end sees no entry at all, so not the terminal).
+
+        One HMGET per key at a time, shared by all its subscribers: they all got the key's last batch at the
+        same moment, so their idle timers end together (10,000 clients of 20 generations sent 10,000 checks at
+        once, more than the bounded pool could serve in its timeout)."""
         check = self._checks.get(key)
         if check is None:
-            check = self._checks[key] = asyncio.ensure_future(self.streams.exists(key))
+            check = self._checks[key] = asyncio.ensure_future(self.streams.hmget(key, ["status", "terminal_id"]))  # type: ignore[arg-type]
             check.add_done_callback(lambda done: self._check_done(key, done))
-        return bool(await asyncio.shield(check))
+        status, terminal_id = await asyncio.shield(check)
+        return status is None or (terminal_id is not None and not _before(last, terminal_id))
 
-    def _check_done(self, key: str, done: asyncio.Future[int]) -> None:
+    def _check_done(self, key: str, done: asyncio.Future[list[str | None]]) -> None:
         self._checks.pop(key, None)
         if not done.cancelled():
             done.exception()  # retrieved here: every awaiter may have gone (clients that disconnected)
@@ -219,7 +248,7 @@ class StreamHub:
                 # Nothing for a while: stop following a generation that no longer exists. While Redis is
                 # away that is unknown: keep the client (pings keep it open) and read on once it is back.
                 with contextlib.suppress(RedisError, OSError):
-                    if not await self._exists(keys.state):
+                    if await self._ended(keys.state, last):
                         return
                 continue
             # A batch is in id order: if its first entry is new, all are (the common case, one id parse per
@@ -233,6 +262,18 @@ class StreamHub:
                     yield fresh[: index + 1]
                     return
             yield fresh
+
+
+def reader_options(block_ms: int) -> dict[str, Any]:
+    """Connection options of a blocking reader: a socket timeout above the BLOCK (a reply later than that will
+    not come), a health check before a read after a long quiet spell, and TCP keep-alive."""
+    block_s = block_ms / 1000
+    return {
+        "socket_timeout": block_s + max(2.0, block_s),
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+    }
 
 
 def _raw_reply(response: Any, **options: Any) -> Any:

@@ -4,9 +4,11 @@ whenever it joins, with one Redis connection per shard (real Redis)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -18,6 +20,7 @@ from shared.ids import new_generation_id
 from shared.jobs import StoredRequest
 from shared.state import Generations
 from shared.streams import Entry, read_range
+from tests.support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -41,8 +44,11 @@ async def _running(generations: Generations) -> tuple[str, int]:
     return generation_id, (await generations.claim(generation_id)).attempt
 
 
-async def _collect(hub: StreamHub, generations: Generations, generation_id: str, after: str) -> list[Entry]:
-    received: list[Entry] = []
+async def _collect(
+    hub: StreamHub, generations: Generations, generation_id: str, after: str, received: list[Entry] | None = None
+) -> list[Entry]:
+    """Every entry the subscriber gets, also appended to `received` as they come."""
+    received = [] if received is None else received
     async for batch in hub.follow(generations.keys(generation_id), after):
         received += batch
     return received
@@ -127,3 +133,146 @@ def _after(entry_id: str, after: str) -> bool:
     a = tuple(int(p) for p in entry_id.split("-"))
     b = tuple(int(p) for p in after.split("-"))
     return a > b
+
+
+def _reading(hub: StreamHub, key: str, position: str) -> bool:
+    """The reader has started a read that includes `key` at `position` (a positive signal, no sleep)."""
+    return any(
+        (followed := shard.followed.get(key)) is not None
+        and followed.last_id == position
+        and shard.read_version == shard.version
+        for shard in hub.shards
+    )
+
+
+async def _until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+async def test_a_resume_point_past_the_end_holds_back_no_other_subscriber(
+    hub_setup: tuple[StreamHub, Generations, Redis],
+) -> None:
+    hub, generations, redis = hub_setup
+    generation_id, attempt = await _running(generations)
+    keys = generations.keys(generation_id)
+    written = await generations.publish(generation_id, attempt, [events.content("a"), events.content("b")])
+    now_ms = int(written.last_id.split("-")[0])
+    future = f"{now_ms + 3_600_000}-0"
+    # A client sends an id an hour ahead: it becomes the first subscriber of the key on this process.
+    ahead = asyncio.ensure_future(_collect(hub, generations, generation_id, future))
+    await _until(lambda: _reading(hub, keys.events, future))
+    seen: list[Entry] = []
+    behind = asyncio.ensure_future(_collect(hub, generations, generation_id, "0-0", seen))
+    await _until(lambda: len(seen) == 2)
+    await generations.publish(generation_id, attempt, [events.content("c")])
+    # The terminal event lands after the made-up id: the client from the future gets exactly that one.
+    terminal = f"{now_ms + 3_600_001}-0"
+    await generations.publish(generation_id, attempt, [events.done("abc", "stop", None)], "done", terminal_id=terminal)
+
+    everything = await read_range(redis, keys.events)
+    assert [entry_id for entry_id, _ in everything][-1] == terminal
+    assert await asyncio.wait_for(behind, 5) == everything
+    assert await asyncio.wait_for(ahead, 5) == everything[-1:]
+
+
+async def test_a_subscriber_past_the_end_alone_ends_with_the_generation(
+    hub_setup: tuple[StreamHub, Generations, Redis],
+) -> None:
+    hub, generations, _ = hub_setup
+    hub.settings = hub.settings.model_copy(update={"sse_read_block_ms": 200})
+    generation_id, attempt = await _running(generations)
+    written = await generations.publish(generation_id, attempt, [events.content("a")])
+    future = f"{int(written.last_id.split('-')[0]) + 3_600_000}-0"
+    ahead = asyncio.ensure_future(_collect(hub, generations, generation_id, future))
+    await _until(lambda: _reading(hub, generations.keys(generation_id).events, future))
+    await generations.publish(generation_id, attempt, [events.done("a", "stop", None)], "done")
+    # Its terminal event is before the id it claims to have seen: nothing to send, and the stream ends.
+    assert await asyncio.wait_for(ahead, 5) == []
+
+
+async def test_a_read_in_flight_is_not_applied_to_a_subscriber_that_joined_during_it(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(redis_url=redis_url, key_prefix="h" + uuid.uuid4().hex[:8], sse_read_block_ms=30_000)
+    streams = Redis.from_url(redis_url, decode_responses=True)
+    hub = StreamHub(settings, streams, shards=1)
+    shard = hub.shards[0]
+    held, release = asyncio.Event(), asyncio.Event()
+    hold = True
+    real_xread = shard.xread
+
+    async def xread_held_by_the_test(positions: dict[str, str]) -> Any:
+        reply = await real_xread(positions)
+        if hold and reply:
+            held.set()
+            await release.wait()
+        return reply
+
+    monkeypatch.setattr(shard, "xread", xread_held_by_the_test)
+    hub.start()
+    try:
+        generations = Generations(streams, settings)
+        generation_id, attempt = await _running(generations)
+        keys = generations.keys(generation_id)
+        e1 = (await generations.publish(generation_id, attempt, [events.content("1")])).last_id
+        e2 = (await generations.publish(generation_id, attempt, [events.content("2")])).last_id
+        # The only subscriber follows from e2; the reader's XREAD from e2 gets e3, and the test holds the reply.
+        leaving = asyncio.ensure_future(_collect(hub, generations, generation_id, e2))
+        await _until(lambda: _reading(hub, keys.events, e2))
+        await generations.publish(generation_id, attempt, [events.content("3")])
+        await asyncio.wait_for(held.wait(), 5)
+        # Meanwhile the last subscriber leaves and a new one joins from e1.
+        leaving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+        joining = asyncio.ensure_future(_collect(hub, generations, generation_id, e1))
+        await _until(lambda: keys.events in shard.followed and shard.followed[keys.events].last_id == e1)
+        hold = False
+        release.set()
+        await generations.publish(generation_id, attempt, [events.done("123", "stop", None)], "done")
+        everything = await read_range(streams, keys.events)
+        assert await asyncio.wait_for(joining, 5) == [entry for entry in everything if _after(entry[0], e1)]
+    finally:
+        await hub.stop()
+        await streams.aclose()
+
+
+async def test_a_silent_connection_is_dropped_and_every_stream_reads_on(redis_url: str) -> None:
+    base, db = redis_url.rsplit("/", 1)
+    host, port = base.rsplit("//", 1)[1].split(":")
+    proxy = await TcpProxy(host, int(port)).start()
+    # The reader goes through the proxy; the test writes directly.
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{proxy.port}/{db}", key_prefix="h" + uuid.uuid4().hex[:8], sse_read_block_ms=300
+    )
+    streams = Redis.from_url(redis_url, decode_responses=True)
+    hub = StreamHub(settings, streams, shards=1)
+    hub.start()
+    try:
+        generations = Generations(streams, settings)
+        generation_id, attempt = await _running(generations)
+        received: asyncio.Queue[list[Entry]] = asyncio.Queue()
+
+        async def watch() -> None:
+            async for batch in hub.follow(generations.keys(generation_id), "0-0"):
+                received.put_nowait(batch)
+
+        watcher = asyncio.ensure_future(watch())
+        await generations.publish(generation_id, attempt, [events.content("a")])
+        assert len(await asyncio.wait_for(received.get(), 5)) == 1
+        connections = proxy.connections
+        # The reader's connection goes half-open: its XREAD's reply never comes.
+        proxy.blackhole()
+        await generations.publish(generation_id, attempt, [events.content("b")])
+        await generations.publish(generation_id, attempt, [events.done("ab", "stop", None)], "done")
+        await asyncio.wait_for(watcher, 15)
+        rest = [entry for batch in [received.get_nowait() for _ in range(received.qsize())] for entry in batch]
+        assert rest == (await read_range(streams, generations.keys(generation_id).events))[1:]
+        assert proxy.connections > connections  # it reconnected
+    finally:
+        await hub.stop()
+        await streams.aclose()
+        await proxy.close()
