@@ -33,7 +33,7 @@ class Services:
     store: ResultStore
     hooks: HookRegistry
     enqueuer: Enqueuer
-    hub: StreamHub | None = None  # None on a Redis Cluster: each client then reads its own stream
+    hub: StreamHub | None = None
 
 
 # Dependencies are `async def` even where nothing awaits: FastAPI runs a plain `def` one in a worker thread,

@@ -23,17 +23,20 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import MovedError, RedisError
 
 from shared.config import Settings
 from shared.ids import parse_stream_id
 from shared.keys import GenerationKeys
-from shared.redis_client import bounded_pool
+from shared.redis_client import StreamsRedis, bounded_pool
 from shared.streams import Entry, is_terminal, read_range
 from shared.tasks import cancel_and_wait
 
@@ -57,20 +60,19 @@ class _Followed:
     subscribers: set[_Subscriber] = field(default_factory=set)
 
 
-class _Shard:
-    """One reader task and its connection, for the keys that hash to this shard."""
+# Where a shard's reader connects: given one of its keys and whether the last try failed, a Redis URL.
+Locate = Callable[[str, bool], Awaitable[str]]
 
-    def __init__(self, url: str, block_ms: int, control: Redis) -> None:
-        # A dedicated connection: the blocking XREAD holds it, and CLIENT UNBLOCK needs its id. Its socket
-        # timeout outlives the BLOCK: a reply that is that late means a dead or half-open connection, which
-        # without a timeout would stall every stream of the shard for good. The reader then reconnects and
-        # reads on from each key's position.
-        options = reader_options(block_ms)
-        self.reader = Redis.from_url(url, decode_responses=True, single_connection_client=True, **options)
-        # XREAD's replies as Redis sends them: redis-py's default callback turns every entry's fields into a
-        # dict, which was a quarter of the API's CPU at 1,000 busy streams (py-spy, BENCHMARKS.md).
-        self.reader.set_response_callback("XREAD", _raw_reply)
-        self.control = control
+
+class _Shard:
+    """One reader task and its connection, for the keys that hash to this shard (on a Redis Cluster: the keys
+    of one slot, read on the node that owns it)."""
+
+    def __init__(self, locate: Locate, control: Callable[[str], Redis], block_ms: int) -> None:
+        self.locate = locate
+        self.control_for = control
+        self.reader: Redis | None = None
+        self.control: Redis | None = None
         self.block_ms = block_ms
         self.followed: dict[str, _Followed] = {}
         self.version = 0
@@ -81,23 +83,51 @@ class _Shard:
         self.waker: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
+        failed = False
         while True:
             try:
+                if self.reader is None and self.followed:
+                    await self._connect(failed)
                 await self._read_once()
+                failed = False
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                log.warning("stream reader: %s; retrying", type(exc).__name__)
-                self.client_id = None
+                # MOVED (the slot went to another node), a failover, a timeout: a fresh connection, to wherever
+                # the key's slot is now, reading on from each key's position.
+                log.warning("stream reader: %s; reconnecting", type(exc).__name__)
+                await self.disconnect()
+                if not failed and isinstance(exc, MovedError):
+                    failed = True
+                    continue
+                failed = True
                 await asyncio.sleep(0.5)
+
+    async def _connect(self, failed: bool) -> None:
+        url = await self.locate(next(iter(self.followed)), failed)
+        # A dedicated connection: the blocking XREAD holds it, and CLIENT UNBLOCK needs its id. Its socket
+        # timeout outlives the BLOCK: a reply that is that late means a dead or half-open connection, which
+        # without a timeout would stall every stream of the shard for good.
+        options = reader_options(self.block_ms)
+        reader = Redis.from_url(url, decode_responses=True, single_connection_client=True, **options)
+        # XREAD's replies as Redis sends them: redis-py's default callback turns every entry's fields into a
+        # dict, which was a quarter of the API's CPU at 1,000 busy streams (py-spy, BENCHMARKS.md).
+        reader.set_response_callback("XREAD", _raw_reply)
+        self.reader = reader
+        self.control = self.control_for(url)
+        self.client_id = int(await reader.client_id())
+
+    async def disconnect(self) -> None:
+        reader, self.reader, self.client_id = self.reader, None, None
+        if reader is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await reader.aclose()
 
     async def _read_once(self) -> None:
         if not self.followed:
             self.changed.clear()
             await self.changed.wait()
             return
-        if self.client_id is None:
-            self.client_id = int(await self.reader.client_id())
         self.read_version = self.version
         sent = dict(self.followed)
         streams = {key: followed.last_id for key, followed in sent.items()}
@@ -118,7 +148,8 @@ class _Shard:
 
     async def xread(self, streams: dict[str, str]) -> Any:
         """One blocking read of every followed key (a seam the tests use to hold a reply)."""
-        return await self.reader.xread(streams, count=_READ_COUNT, block=self.block_ms)
+        assert self.reader is not None
+        return await self.reader.xread(streams, count=_READ_COUNT, block=self.block_ms)  # type: ignore[arg-type]
 
     async def _gather_writes(self, read_started: float) -> None:
         """Busy streams: let writes pile up briefly so the next XREAD carries many of them. Without this pause
@@ -145,7 +176,7 @@ class _Shard:
 
     async def _unblock(self) -> None:
         for _ in range(1000):
-            if self.read_version >= self.version or self.client_id is None:
+            if self.read_version >= self.version or self.client_id is None or self.control is None:
                 return
             try:
                 unblocked = await self.control.client_unblock(self.client_id)
@@ -156,21 +187,31 @@ class _Shard:
 
 
 class StreamHub:
-    """Subscriptions to generation streams for one API process."""
+    """Subscriptions to generation streams for one API process.
 
-    def __init__(self, settings: Settings, streams: Redis, shards: int) -> None:
+    On a plain Redis, `shards` readers share the keys by hash. On a Redis Cluster, one reader per slot in use,
+    connected to the node that owns it: a blocking XREAD can only cover keys of one slot, and a generation's
+    keys carry one of GENERATION_BUCKETS hash tags, so a process holds at most that many readers.
+    """
+
+    def __init__(self, settings: Settings, streams: StreamsRedis, shards: int) -> None:
         self.settings = settings
         self.streams = streams
-        # One connection for every shard's CLIENT UNBLOCK: while clients keep joining, a waker sends them back
-        # to back, and from the process's command pool they held half of it (requests then waited for a
-        # connection past its timeout: 503s at 5,000 streams).
-        self.control = Redis.from_pool(
-            bounded_pool(settings.streams_url, 1, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
-        )
-        self.shards = [_Shard(settings.streams_url, settings.sse_read_block_ms, self.control) for _ in range(shards)]
+        self.cluster = streams if isinstance(streams, RedisCluster) else None
+        # One connection per node for every shard's CLIENT UNBLOCK: while clients keep joining, a waker sends
+        # them back to back, and from the process's command pool they held half of it (requests then waited
+        # for a connection past its timeout: 503s at 5,000 streams).
+        self._controls: dict[str, Redis] = {}
+        self.shards: list[_Shard] = []
+        self._by_slot: dict[int, _Shard] = {}
+        self._started = False
+        if self.cluster is None:
+            for _ in range(shards):
+                self._new_shard()
         self._checks: dict[str, asyncio.Future[list[str | None]]] = {}
 
     def start(self) -> None:
+        self._started = True
         for shard in self.shards:
             shard.task = asyncio.ensure_future(shard.run())
 
@@ -178,11 +219,43 @@ class StreamHub:
         tasks = [task for shard in self.shards for task in (shard.task, shard.waker) if task is not None]
         await cancel_and_wait(*tasks)
         for shard in self.shards:
-            await shard.reader.aclose()
-        await self.control.aclose()
+            await shard.disconnect()
+        for control in self._controls.values():
+            await control.aclose()
+
+    def _new_shard(self) -> _Shard:
+        shard = _Shard(self._locate, self._control, self.settings.sse_read_block_ms)
+        self.shards.append(shard)
+        if self._started:
+            shard.task = asyncio.ensure_future(shard.run())
+        return shard
+
+    def _control(self, url: str) -> Redis:
+        control = self._controls.get(url)
+        if control is None:
+            pool = bounded_pool(url, 1, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+            control = self._controls[url] = Redis.from_pool(pool)
+        return control
+
+    async def _locate(self, key: str, failed: bool) -> str:
+        if self.cluster is None:
+            return self.settings.streams_url
+        if failed:
+            # The cluster client follows MOVED and re-reads the slot map after a failed node; one command on
+            # the key brings its view of the slot's owner up to date.
+            with contextlib.suppress(RedisError, OSError):
+                await self.cluster.exists(key)
+        node = self.cluster.get_node_from_key(key)
+        return node_url(self.settings.streams_url, node.host, node.port)
 
     def _shard(self, key: str) -> _Shard:
-        return self.shards[zlib.crc32(key.encode()) % len(self.shards)]
+        if self.cluster is None:
+            return self.shards[zlib.crc32(key.encode()) % len(self.shards)]
+        slot = key_slot(key.encode())
+        shard = self._by_slot.get(slot)
+        if shard is None:
+            shard = self._by_slot[slot] = self._new_shard()
+        return shard
 
     async def follow(self, keys: GenerationKeys, after: str) -> AsyncIterator[list[Entry]]:
         """Batches of entries after `after`, then live ones, until the terminal event or the generation expires."""
@@ -262,6 +335,14 @@ class StreamHub:
                     yield fresh[: index + 1]
                     return
             yield fresh
+
+
+def node_url(cluster_url: str, host: str, port: int) -> str:
+    """A plain Redis URL of one cluster node, with the cluster URL's scheme, credentials and options."""
+    parts = urlsplit(cluster_url.replace("+cluster", "", 1))
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, "", parts.query, ""))
 
 
 def reader_options(block_ms: int) -> dict[str, Any]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from api.deps import Services
 from api.enqueue import Enqueuer
 from api.stream_hub import StreamHub
@@ -30,10 +28,8 @@ async def open_services(settings: Settings, migrate: bool | None = None) -> Serv
     if settings.auto_migrate if migrate is None else migrate:
         await upgrade(engine)
     generations = Generations(streams, settings)
-    hub = None
-    if isinstance(streams, Redis):
-        hub = StreamHub(settings, streams, settings.reader_shards)
-        hub.start()
+    hub = StreamHub(settings, streams, settings.reader_shards)
+    hub.start()
     return Services(
         settings=settings,
         streams=streams,

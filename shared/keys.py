@@ -1,21 +1,30 @@
-"""Every Redis key name sse-relay uses, built in one place; a generation's keys share a `{id}` hash tag."""
+"""Every Redis key name sse-relay uses, built in one place; a generation's keys share a bucket's hash tag."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+
+# A generation's keys carry the hash tag of one of this many buckets (chosen by its id), so on a Redis Cluster
+# they sit in one slot (its Lua scripts touch both), and all generations of a bucket share that slot: one
+# blocking XREAD can follow many of them at once, which a cluster refuses across slots (CROSSSLOT, even on one
+# node). An API process then needs at most this many stream readers on a cluster, and the streams spread over
+# as many slots (so over up to this many masters).
+GENERATION_BUCKETS = 16
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationKeys:
-    """The keys of one generation; the `{id}` hash tag keeps them in one Redis Cluster slot for Lua."""
+    """The keys of one generation; their hash tag keeps them in one Redis Cluster slot for Lua."""
 
     events: str
     state: str
 
 
 def generation_keys(prefix: str, generation_id: str) -> GenerationKeys:
-    tag = f"{prefix}:gen:{{{generation_id}}}"
-    return GenerationKeys(events=f"{tag}:events", state=f"{tag}:state")
+    bucket = zlib.crc32(generation_id.encode()) % GENERATION_BUCKETS
+    base = f"{prefix}:gen:{{{prefix}:{bucket:02d}}}:{generation_id}"
+    return GenerationKeys(events=f"{base}:events", state=f"{base}:state")
 
 
 def worker_health_key(prefix: str) -> str:

@@ -136,6 +136,14 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
+# Create a generation's state hash with its TTL, in one step (a script, not MULTI: a Redis Cluster client has
+# no transactions, and a script's keys in one slot are just as atomic). KEYS: state. ARGV: ttl, field, value...
+CREATE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 # Admit, create a generation and enqueue its arq job in one round trip (queue and streams on the same Redis).
 # KEYS: state hash, arq job key, arq result key, arq queue (zset), wake list, the caller's active zset.
 # ARGV: live_ttl, job_ttl_ms, serialized job, score, job id, wake_max, then ADMIT's now, deadline, limit,
@@ -144,14 +152,12 @@ return 1
 # written). Mirrors arq's enqueue_job.
 CREATE_AND_ENQUEUE = (
     _function("admit", ADMIT)
+    + _function("create", CREATE)
     + _function("wake", WAKE)
     + """
 if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return 0 end
 if admit({KEYS[6]}, {ARGV[7], ARGV[8], ARGV[5], ARGV[9], ARGV[10]}) == 0 then return -1 end
-local fields = {}
-for i = 11, #ARGV do table.insert(fields, ARGV[i]) end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+create({KEYS[1]}, {ARGV[1], unpack(ARGV, 11)})
 redis.call('PSETEX', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
 wake({KEYS[5]}, {ARGV[6], ARGV[5]})

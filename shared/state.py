@@ -105,6 +105,7 @@ class Generations:
         self.settings = settings
         # RedisCluster has the same register_script (keys share a hash tag); redis-py types it for Redis only.
         client = cast(Redis, redis)
+        self._create = client.register_script(lua.CREATE)
         self._publish = client.register_script(lua.PUBLISH)
         self._claim = client.register_script(lua.CLAIM)
         self._cancel = client.register_script(lua.CANCEL)
@@ -139,10 +140,10 @@ class Generations:
     ) -> None:
         keys = self.keys(generation_id)
         fields = self.state_fields(request, metadata, owner, read_token_sha)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.state, mapping=fields)
-            pipe.expire(keys.state, self.settings.live_ttl_s)
-            await pipe.execute()
+        args: list[str | int] = [self.settings.live_ttl_s]
+        for name, value in fields.items():
+            args += [name, value]
+        await self._create(keys=[keys.state], args=args)
 
     async def get(self, generation_id: str) -> GenerationState | None:
         raw: dict[str, str] = await self.redis.hgetall(self.keys(generation_id).state)  # type: ignore[misc]

@@ -8,6 +8,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from tests.support.cluster import LocalCluster, local_cluster
 from tests.support.services import TEST_DB, real_redis
 from tests.support.stack import Stack, running_stack
 
@@ -21,6 +22,13 @@ def redis_base_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url(redis_base_url: str) -> str:
     return f"{redis_base_url}/{TEST_DB}"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real 3-master Redis Cluster, for the generations' streams and state."""
+    with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture

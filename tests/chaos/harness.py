@@ -61,6 +61,9 @@ class ChaosConfig:
     redis_restarts: int = 1
     seed: int = 20261126
     generation_deadline_s: float = 150.0
+    # Streams on a Redis Cluster (its node URLs, the first one given to STREAMS_REDIS_URL as redis+cluster://);
+    # the Redis restarted is then the queue's.
+    streams_nodes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -167,10 +170,14 @@ def _ready(url: str) -> bool:
 
 async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
     """Starts everything, runs the generations and the faults, checks the invariants, stops everything."""
+    streams = {}
+    if config.streams_nodes:
+        streams["STREAMS_REDIS_URL"] = config.streams_nodes[0].replace("redis://", "redis+cluster://", 1)
     async with postgres_database() as database_url:
         with own_redis(workdir / "redis") as redis, running_stack(
             redis.url,
             workdir,
+            **streams,
             DATABASE_URL=database_url,
             SSE_RELAY_API_KEYS=API_KEY,
             JOB_MAX_TRIES="4",
@@ -314,8 +321,8 @@ async def _check(
             report.reconnects += outcome.reconnects
             report.create_retries += outcome.create_retries
     report.hooks_run = sum(completions.values())
-    report.violations += _secret_violations(stack, outcomes, await redis_dump(cluster.redis.url),
-                                            await store_dump(database_url))  # fmt: skip
+    dumps = [await redis_dump(url) for url in (cluster.redis.url, *report.config.streams_nodes)]
+    report.violations += _secret_violations(stack, outcomes, b"\n".join(dumps), await store_dump(database_url))
     report.violations += [f"process exited on its own: {name}" for name in cluster.dead_processes()]
     report.violations += await _leftover_jobs(cluster)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.harness import SCENARIOS, ChaosConfig, run_chaos
+from tests.support.cluster import LocalCluster
 
 
 async def test_every_generation_keeps_every_invariant_through_chaos(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -20,4 +21,22 @@ async def test_every_generation_keeps_every_invariant_through_chaos(tmp_path_fac
     assert report.faults["API restart (SIGTERM)"] == config.api_restarts
     assert report.faults["Redis restart (SIGKILL)"] == config.redis_restarts
     assert len([s for s in SCENARIOS if f"upstream: {s.name}" in report.faults]) >= 5
+    assert report.outcomes["done"] > 0, summary
+
+
+async def test_every_invariant_holds_with_the_streams_on_a_redis_cluster(
+    redis_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    nodes = tuple(f"redis://127.0.0.1:{port}" for port in redis_cluster.ports)
+    config = ChaosConfig(
+        generations=24, in_flight=8, worker_kills=2, api_restarts=1, redis_restarts=1, streams_nodes=nodes
+    )
+    report = await run_chaos(config, tmp_path_factory.mktemp("chaos-cluster"))
+    summary = report.summary()
+
+    assert report.violations == [], summary
+    assert report.generations == config.generations, summary
+    assert report.faults["worker SIGKILL"] == config.worker_kills
+    assert report.faults["API restart (SIGTERM)"] == config.api_restarts
+    assert report.faults["Redis restart (SIGKILL)"] == config.redis_restarts
     assert report.outcomes["done"] > 0, summary

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from shared.keys import generation_keys
 from shared.store.db import make_engine
 from tests.support.databases import postgres_database
 from tests.support.sse import read_events, text_of
@@ -39,8 +40,8 @@ async def test_results_and_hooks_on_postgresql(pg_stack: Stack) -> None:
             await asyncio.sleep(0.05)
 
         redis = Redis.from_url(pg_stack.env["REDIS_URL"])
-        tag = f"{pg_stack.prefix}:gen:{{{generation_id}}}"
-        await redis.delete(f"{tag}:events", f"{tag}:state")
+        keys = generation_keys(pg_stack.prefix, generation_id)
+        await redis.delete(keys.events, keys.state)
         await redis.aclose()
 
         view = (await client.get(f"/v1/generations/{generation_id}")).json()

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
+from shared.keys import generation_keys
 from tests.support.jobs import job_ended
 from tests.support.sse import Received, assert_well_formed, read_events, text_of
 from tests.support.stack import Stack
@@ -42,8 +43,8 @@ async def _forget_in_redis(stack: Stack, generation_id: str) -> None:
     """What an expired TTL or a flushed Redis does to a finished generation."""
     redis = Redis.from_url(stack.env["REDIS_URL"])
     try:
-        tag = f"{stack.prefix}:gen:{{{generation_id}}}"
-        assert await redis.delete(f"{tag}:events", f"{tag}:state") == 2
+        keys = generation_keys(stack.prefix, generation_id)
+        assert await redis.delete(keys.events, keys.state) == 2
     finally:
         await redis.aclose()
 

