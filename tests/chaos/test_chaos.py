@@ -29,7 +29,7 @@ async def test_every_invariant_holds_with_the_streams_on_a_redis_cluster(
 ) -> None:
     nodes = tuple(f"redis://127.0.0.1:{port}" for port in redis_cluster.ports)
     config = ChaosConfig(
-        generations=24, in_flight=8, worker_kills=2, api_restarts=1, redis_restarts=1, streams_nodes=nodes
+        generations=16, in_flight=8, worker_kills=1, api_restarts=1, redis_restarts=1, streams_nodes=nodes
     )
     report = await run_chaos(config, tmp_path_factory.mktemp("chaos-cluster"))
     summary = report.summary()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from api.stream_hub import StreamHub
+from api.stream_hub import StreamHub, node_url
 from shared import events
 from shared.config import Settings
 from shared.ids import new_generation_id
@@ -276,3 +276,9 @@ async def test_a_silent_connection_is_dropped_and_every_stream_reads_on(redis_ur
         await hub.stop()
         await streams.aclose()
         await proxy.close()
+
+
+def test_a_cluster_node_url_keeps_the_scheme_credentials_and_options() -> None:
+    url = "rediss+cluster://user:secret@node-a:7000/?ssl_cert_reqs=none"
+    assert node_url(url, "10.0.0.2", 7001) == "rediss://user:secret@10.0.0.2:7001?ssl_cert_reqs=none"
+    assert node_url("redis+cluster://node-a:7000", "10.0.0.3", 7002) == "redis://10.0.0.3:7002"
