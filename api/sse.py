@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api import metrics
 from api.errors import ApiError
 from api.stream_hub import StreamHub
 from shared import events
@@ -64,11 +65,20 @@ def encode_entries(entries: list[Entry]) -> bytes:
 
 
 async def frames(
-    redis: StreamsRedis, keys: GenerationKeys, first: list[Entry], after: str, block_ms: int, hub: StreamHub | None
+    redis: StreamsRedis,
+    keys: GenerationKeys,
+    first: list[Entry],
+    after: str,
+    block_ms: int,
+    hub: StreamHub | None,
+    count_replay: bool = False,
 ) -> AsyncIterator[bytes]:
+    """`count_replay`: an event request (not a create's own live stream), whose backlog counts as replayed."""
     if first:
         yield encode_entries(first)
     batches = hub.follow(keys, after) if hub is not None else follow(redis, keys.events, keys.state, after, block_ms)
+    if count_replay:
+        batches = metrics.count_replayed(batches)
     async for batch in batches:
         yield encode_entries(batch)
 

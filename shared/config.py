@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # SIGTERM: running generations get this long to finish; then they are handed back to the queue.
     worker_shutdown_grace_s: float = Field(default=50.0, ge=0, validation_alias="WORKER_SHUTDOWN_GRACE_S")
     worker_poll_delay_s: float = Field(default=0.5, gt=0, validation_alias="WORKER_POLL_DELAY_S")
+    # Each worker process serves Prometheus metrics here (0: not at all); a taken port is a warning, not a crash.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535, validation_alias="WORKER_METRICS_PORT")
+    worker_metrics_host: str = Field(default="0.0.0.0", validation_alias="WORKER_METRICS_HOST")
 
     # Per-caller limits (a caller is a bearer key; everyone is one caller when auth is off).
     max_prompt_chars: int = Field(default=200_000, ge=1, validation_alias="MAX_PROMPT_CHARS")

@@ -11,6 +11,8 @@ from typing import TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.metrics import REDIS_ERRORS
+
 log = logging.getLogger("sse_relay.redis")
 T = TypeVar("T")
 
@@ -36,6 +38,7 @@ async def until_redis_answers(operation: Callable[[], Awaitable[T]], what: str) 
         try:
             result = await operation()
         except TRANSIENT as exc:
+            REDIS_ERRORS.inc()
             now = time.monotonic()
             failing_since = failing_since or now
             if now - last_log >= _LOG_EVERY_S:

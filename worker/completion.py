@@ -15,6 +15,7 @@ from shared.hooks import GenerationInfo, UnknownHook
 from shared.retry import until_redis_answers
 from shared.state import GenerationState, PublishResult, Status
 from shared.store.repository import FinalResult, aware
+from worker import metrics
 from worker.deps import Deps
 from worker.publisher import Publisher, PublishRefused
 
@@ -62,6 +63,7 @@ async def finish(
     published = await _publish_terminal(publisher, result, text, end)
     if published.outcome != "written":
         return published.outcome
+    metrics.FINISHED.labels(end.status, end.code.value if end.code else "none").inc()
     await until_redis_answers(lambda: deps.generations.release(state.owner, state.id), f"releasing {state.id}")
     if end.status == "done" and state.request.on_complete:
         await run_on_complete(deps, state.id)
@@ -157,6 +159,7 @@ async def run_on_complete(deps: Deps, generation_id: str, after_lapse: bool = Fa
             )
             await asyncio.wait_for(deps.hook_threads.call(fn, record.text, info), settings.hook_timeout_s)
         except Exception as exc:
+            metrics.HOOK_CALLS.labels("on_complete", "timeout" if isinstance(exc, TimeoutError) else "error").inc()
             reason = "unknown hook" if isinstance(exc, UnknownHook) else type(exc).__name__
             log.warning(
                 "on_complete %s for %s failed (attempt %d): %s", record.hook_name, generation_id, claimed, reason
@@ -164,6 +167,7 @@ async def run_on_complete(deps: Deps, generation_id: str, after_lapse: bool = Fa
             await deps.store.finish_hook(generation_id, ok=False, error=reason)
             await asyncio.sleep(min(2.0**claimed * 0.25, 5.0))
             continue
+        metrics.HOOK_CALLS.labels("on_complete", "ok").inc()
         await deps.store.finish_hook(generation_id, ok=True)
         log.info("on_complete %s for %s ran (attempt %d)", record.hook_name, generation_id, claimed)
         return

@@ -12,9 +12,11 @@ from redis.exceptions import RedisError
 
 from shared import events
 from shared.errors import ErrorCode
+from shared.metrics import RESETS
 from shared.retry import TRANSIENT, until_redis_answers
 from shared.state import Claim, GenerationState
 from shared.tasks import cancel_and_wait
+from worker import metrics
 from worker.completion import Ending, finish, run_on_complete
 from worker.deps import Deps
 from worker.publisher import Publisher, PublishRefused
@@ -62,6 +64,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, s
         log.error("generation %s: job failed (try %d): %s; it stays queued", generation_id, job_try, _name(exc))
         raise retry_later from None
     if status == "stale":
+        metrics.LEASES_LOST.inc()
         # A newer attempt runs elsewhere (this one's lease lapsed). Keep the arq job queued, deferred past a
         # lease renewal, so that it stays the newer attempt's crash insurance instead of being deleted.
         raise retry_later
@@ -89,6 +92,10 @@ async def _run(deps: Deps, generation_id: str, job_try: int, claims: dict[str, C
     if state is None:
         log.info("generation %s not started: %s", generation_id, claim.outcome)
         return "missing"
+    if claim.attempt == 1:
+        metrics.observe_queue_wait(state.created_at)
+    else:
+        metrics.RETRIED_ATTEMPTS.inc()
     attempt = Attempt(deps, state, claim.attempt)
     if state.cancel_requested:
         # Cancelled while no worker ran it (its worker died): end it without calling the provider again.
@@ -115,12 +122,15 @@ class Attempt:
         self.on_content = deps.hooks.hooks.get(state.request.on_content or "")
         self._hook_call: asyncio.Future[None] | None = None
         self._held: list[str] = []
+        self._first_piece_due = False  # True while the generation's first piece ever is still to come (TTFT)
 
     async def run(self, had_output: bool) -> str:
+        self._first_piece_due = not had_output
         try:
             if had_output:
                 # An earlier attempt published text; clients must discard it before this attempt's text.
                 await self.publisher.publish(events.reset(self.attempt, "retry"))
+                RESETS.labels("retry").inc()
             await self._stream_with_watch()
         except PublishRefused as refused:
             log.info("generation %s attempt %d stopped: %s", self.state.id, self.attempt, refused.result.outcome)
@@ -164,6 +174,9 @@ class Attempt:
 
     async def _pump(self) -> None:
         async for piece in stream_pieces(self.deps.client, self.state.request, self.outcome):
+            if self._first_piece_due:
+                self._first_piece_due = False
+                metrics.observe_ttft(self.state.created_at)
             (self.text if piece.kind == "content" else self.reasoning).append(piece.text)
             self.publisher.add(piece.kind, piece.text)
             if self.publisher.cancel_requested:
@@ -187,9 +200,13 @@ class Attempt:
         try:
             await asyncio.wait_for(asyncio.shield(call), timeout)
         except TimeoutError:
+            metrics.HOOK_CALLS.labels("on_content", "timeout").inc()
             log.warning("on_content for %s: still running after %.1f s; the stream goes on", self.state.id, timeout)
         except Exception:
+            metrics.HOOK_CALLS.labels("on_content", "error").inc()
             return  # logged by _log_hook_failure: a hook never fails the generation
+        else:
+            metrics.HOOK_CALLS.labels("on_content", "ok").inc()
 
     async def _watch_cancel(self) -> None:
         # Every write's reply carries the cancel flag; polling only covers a provider that has gone quiet.

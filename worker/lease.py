@@ -40,6 +40,10 @@ class Leases:
     def lease_ms(self) -> int:
         return self._lease_ms
 
+    def count(self) -> int:
+        """The jobs this process runs now (read by the metrics thread: len() of a set is atomic)."""
+        return len(self._held)
+
     def add(self, job_id: str) -> None:
         """From the job's take (worker/pickup.py sets the first lease) until arq is about to finish it."""
         self._held.add(job_id)

@@ -24,7 +24,7 @@ from shared.store.db import make_engine
 from shared.store.migrate import upgrade
 from shared.store.repository import ResultStore
 from shared.tasks import cancel_and_wait
-from worker import pickup, resilience, wakeup
+from worker import metrics, pickup, resilience, wakeup
 from worker.completion import run_on_complete
 from worker.deps import Deps
 from worker.job import run_generation
@@ -58,6 +58,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["claims"] = {}  # generation id -> Claim made with the job's take (worker/pickup.py)
     leases = ctx["leases"] = Leases(ctx["redis"], _settings.job_lease_s)
     leases.start()
+    ctx["metrics"] = metrics.start(_settings, ctx["redis"], leases.count)
     ctx["deps"] = Deps(
         settings=_settings,
         generations=Generations(redis, _settings),
@@ -77,6 +78,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "metrics" in ctx:
+        await ctx["metrics"].stop()
     task = ctx.get("wake_task")
     if task is not None:
         await cancel_and_wait(task)

@@ -9,6 +9,7 @@ from typing import Literal
 from shared import events
 from shared.retry import until_redis_answers
 from shared.state import Generations, PublishResult, Status
+from worker.metrics import TOKENS
 
 
 class PublishRefused(Exception):
@@ -169,6 +170,8 @@ class Publisher:
     def _take(self) -> list[str]:
         """The pending pieces as events, consecutive pieces of one kind joined into one."""
         batch, self._pending = self._pending, []
+        if batch:
+            TOKENS.inc(len(batch))  # once per write, not per piece: the counter's lock stays off the token path
         self._next_write_at = _now() + self._min_interval_s
         payloads: list[str] = []
         start = 0

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
-from shared.errors import error_code_of
+from shared.errors import ErrorCode, error_code_of
 from shared.keys import active_key
 from shared.state import GenerationState
 from shared.store.repository import FinalResult
+from worker import metrics
 from worker.deps import Deps
 
 log = logging.getLogger("sse_relay.worker")
@@ -58,6 +59,7 @@ async def _check(deps: Deps, queue: Redis, active: str, generation_id: str, grac
         if outcome != "ended":
             return
         log.warning("generation %s: its job is gone; ended worker_lost", generation_id)
+        metrics.FINISHED.labels("error", ErrorCode.WORKER_LOST.value).inc()
         reaped.ended += 1
     state = await generations.get(generation_id)
     if state is None or state.terminal_id != terminal_id:

@@ -16,6 +16,7 @@ from typing import Any
 from arq.worker import Worker
 from redis.exceptions import WatchError
 
+from shared.metrics import REDIS_ERRORS
 from shared.retry import TRANSIENT
 
 log = logging.getLogger("sse_relay.worker")
@@ -37,6 +38,7 @@ class _Outage:
         self.last_log = 0.0
 
     async def failed(self, exc: BaseException) -> None:
+        REDIS_ERRORS.inc()
         now = time.monotonic()
         self.since = self.since or now
         if now - self.last_log >= _LOG_EVERY_S:

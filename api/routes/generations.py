@@ -35,7 +35,7 @@ from shared.events import EVENT_TYPES
 from shared.jobs import StoredRequest
 from shared.messages import ChatMessage, build_messages
 from shared.state import Status
-from shared.streams import fold, read_range
+from shared.streams import Entry, fold, read_range
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
@@ -121,16 +121,31 @@ async def generation_events(
 async def _events_response(services: ServicesDep, found: Found, resume: str | None) -> Response:
     headers = {"X-Generation-Id": found.id}
     terminal_id = found.state.terminal_id if found.state else found.record.terminal_event_id if found.record else None
-    if resume is not None and terminal_id is not None and is_at_or_after(resume, terminal_id):
-        return Response(status_code=204)  # stops EventSource from reconnecting
+    if resume is not None:
+        metrics.RESUMES.inc()
+        if terminal_id is not None and is_at_or_after(resume, terminal_id):
+            metrics.TERMINAL_204.inc()
+            return Response(status_code=204)  # stops EventSource from reconnecting
     if found.state is None:
         assert found.record is not None
-        body = stored_frames(stored_entries(found.record, resume))
-        return sse_response(services.settings, metrics.track_stream(body), headers)
+        entries = stored_entries(found.record, resume)
+        _count_stored(entries)
+        return sse_response(services.settings, metrics.track_stream(stored_frames(entries)), headers)
     keys = services.generations.keys(found.id)
     first, after = await replay_plan(services.streams, keys.events, found.state, resume)
-    body = frames(services.streams, keys, first, after, services.settings.sse_read_block_ms, services.hub)
+    if first:
+        metrics.RESETS.labels("replay_truncated").inc()
+    block_ms = services.settings.sse_read_block_ms
+    body = frames(services.streams, keys, first, after, block_ms, services.hub, count_replay=True)
     return sse_response(services.settings, metrics.track_stream(body), headers)
+
+
+def _count_stored(entries: list[Entry]) -> None:
+    metrics.REPLAYED.labels("store").inc(len(entries))
+    # Events are encoded with "type" first (shared.events.encode): no JSON parse needed.
+    resets = sum(1 for _, raw in entries if raw.startswith('{"type":"reset"'))
+    if resets:
+        metrics.RESETS.labels("replay_truncated").inc(resets)
 
 
 async def get_generation(services: ServicesDep, found: ReadableDep) -> GenerationView:

@@ -13,7 +13,7 @@ from tests.support.sse import EventReader
 
 async def _open_streams(client: httpx.AsyncClient) -> float:
     metrics = (await client.get("/metrics")).text
-    match = re.search(r"^sse_relay_sse_streams_open (\S+)$", metrics, re.MULTILINE)
+    match = re.search(r"^sse_relay_sse_clients (\S+)$", metrics, re.MULTILINE)
     assert match is not None
     return float(match.group(1))
 

@@ -55,6 +55,8 @@ class Stack:
     upstream_url: str
     logdir: Path
     processes: dict[str, Process] = field(default_factory=dict)
+    # Worker name -> the port its Prometheus metrics are served on (each worker its own).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def secret(self) -> str:
@@ -87,8 +89,13 @@ class Stack:
         return process
 
     def launch_worker(self, name: str) -> Process:
-        """Starts a worker without waiting for it (see `wait_worker_ready`)."""
-        return self.start(name, ["-m", "arq", "worker.main.WorkerSettings"])
+        """Starts a worker without waiting for it (see `wait_worker_ready`), its metrics on a free port."""
+        port = self.metrics_ports[name] = free_port()
+        env = {**self.env, "WORKER_METRICS_PORT": str(port)}
+        return self.start(name, ["-m", "arq", "worker.main.WorkerSettings"], env=env)
+
+    def worker_metrics_url(self, name: str = "worker") -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
 
     def wait_worker_ready(self, name: str = "worker", timeout: float = 30.0) -> None:
         process = self.processes[name]
@@ -154,6 +161,8 @@ def stack_env(redis_url: str, upstream_url: str, **overrides: str) -> dict[str, 
         SSE_RELAY_KEY_PREFIX=prefix,
         SSE_RELAY_QUEUE_NAME=f"{prefix}:queue",
         HOOK_MAX_ATTEMPTS="2",
+        # Workers started some other way must not fight over the default port; launch_worker gives each its own.
+        WORKER_METRICS_PORT="0",
         JOB_LEASE_S="1",
         PYTHONUNBUFFERED="1",
     )

@@ -1,0 +1,12 @@
+"""Prometheus metrics both processes register: Redis errors and `reset` events (each process exports its own)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+# Worker: `retry` (a new attempt after one that had published text). API: `replay_truncated` (a resuming
+# client's missing events were trimmed from the stream, or only the stored record is left).
+RESETS = Counter("sse_relay_resets_total", "reset events sent, by reason", ["reason"])
+REDIS_ERRORS = Counter(
+    "sse_relay_redis_errors_total", "Redis calls that failed because Redis was unreachable (each retry counts)"
+)
