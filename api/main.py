@@ -10,10 +10,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
 
 from api import errors
+from api.compat.chat import ChatCompletionCreate
 from api.limits import BodySizeLimit
-from api.routes import generations, ops
+from api.routes import chat, generations, ops
 from api.schemas import GenerationCreate
 from api.wiring import close_services, open_services
 from shared.config import Settings, get_settings
@@ -41,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(generations.router)
+    app.include_router(chat.router)
     app.include_router(ops.router)
     # The browser module (/static/sse-relay.js) ships inside the package, so it is served offline and versioned.
     app.mount("/static", StaticFiles(packages=[("api", "static")]), name="static")
@@ -57,17 +60,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+_BODIES: tuple[type[BaseModel], ...] = (GenerationCreate, ChatCompletionCreate)
+
+
 def _document_body(app: FastAPI) -> None:
-    """Add the POST body's schema (read by our own dependency, so FastAPI does not see it) to /openapi.json."""
+    """Add the POST bodies' schemas (read by our own dependencies, so FastAPI does not see them) to /openapi.json."""
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = default_openapi()
-            body = GenerationCreate.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(body.pop("$defs", {}))
-            components["GenerationCreate"] = body
+            for model in _BODIES:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
             app.openapi_schema = schema
         return app.openapi_schema
 
