@@ -39,7 +39,7 @@ MALFORMED_LINE = b'data: {"id": "broken", not json\n\n'
 # How long `malformed` keeps the connection open after the bad line, so the client fails on parsing, not EOF.
 MALFORMED_LINGER_S = 1.0
 
-_PARAMS = frozenset({"delay_ms", "chunk", "after", "fail_times", "retry_after_ms", "stall_s"})
+_PARAMS = frozenset({"delay_ms", "chunk", "after", "fail_times", "retry_after_ms", "stall_s", "vary"})
 _STATUS_MODEL = re.compile(r"status-(\d{3})")
 
 
@@ -91,6 +91,8 @@ class _Stats:
 _STATS = _Stats()
 # (model string as sent, last user prompt) -> requests seen, so `fail_times=N` fails only the first N.
 _ATTEMPTS: dict[tuple[str, str], int] = {}
+# The same, for `vary=1`: the n-th request's answer starts with "[n] ".
+_VARIANTS: dict[tuple[str, str], int] = {}
 
 
 class _ApiError(Exception):
@@ -131,6 +133,9 @@ class Scenario:
     fail_times: int | None
     retry_after_ms: int | None
     stall_s: float
+    # vary=1: each request for the same (model, prompt) answers differently ("[n] " before the text), as a
+    # sampling model would on a retry; without it every answer is the same, as at temperature 0.
+    vary: bool = False
 
 
 def parse_model(model: str) -> Scenario:
@@ -171,6 +176,7 @@ def parse_model(model: str) -> Scenario:
         fail_times=params.get("fail_times"),
         retry_after_ms=params.get("retry_after_ms"),
         stall_s=params.get("stall_s", DEFAULT_STALL_S),
+        vary=params.get("vary", 0) > 0,
     )
 
 
@@ -236,6 +242,7 @@ class _Completion:
     fault: bool
     completion_id: str
     created: int
+    variant: int | None = None
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -252,7 +259,10 @@ class _Completion:
 
     def content_pieces(self) -> tuple[list[str], str]:
         """The content chunks to send and the finish_reason, honouring max_tokens (one chunk = one token)."""
-        pieces = chunk_text(answer_for(self.messages), self.scenario.chunk)
+        answer = answer_for(self.messages)
+        if self.variant is not None:
+            answer = f"[{self.variant}] {answer}"
+        pieces = chunk_text(answer, self.scenario.chunk)
         if self.max_tokens is not None and self.max_tokens < len(pieces):
             return pieces[: self.max_tokens], "length"
         return pieces, "stop"
@@ -448,11 +458,14 @@ async def _respond(request: Request) -> Response:
     max_tokens = _max_tokens(body)
     if not stream and scenario.name in STREAM_FAULTS and scenario.name != "stall-before":
         raise _bad_request(f"The `{scenario.name}` scenario needs stream=true.", "stream")
+    user_messages = [m for m in messages if m.get("role") == "user"]
+    last_prompt = _content_text(user_messages[-1].get("content")) if user_messages else ""
     fault = False
     if scenario.status is not None or scenario.name in STREAM_FAULTS:
-        user_messages = [m for m in messages if m.get("role") == "user"]
-        last_prompt = _content_text(user_messages[-1].get("content")) if user_messages else ""
         fault = _fault_this_time(scenario, model, last_prompt)
+    variant = None
+    if scenario.vary:
+        variant = _VARIANTS[(model, last_prompt)] = _VARIANTS.get((model, last_prompt), 0) + 1
     if fault and scenario.status is not None:
         raise _status_error(scenario.status, model, scenario, request.headers.get("authorization"))
     stream_options = body.get("stream_options")
@@ -465,6 +478,7 @@ async def _respond(request: Request) -> Response:
         fault=fault,
         completion_id=f"chatcmpl-{secrets.token_hex(12)}",
         created=int(time.time()),
+        variant=variant,
     )
     delay = scenario.stall_s if fault and scenario.name == "stall-before" else 0.0
     if stream:
@@ -506,6 +520,7 @@ async def reset(request: Request) -> Response:
     # `active` is a live gauge of streams still running, not a counter: zeroing it would go negative later.
     _STATS.requests = _STATS.completed = _STATS.client_disconnects = 0
     _ATTEMPTS.clear()
+    _VARIANTS.clear()
     return JSONResponse(_stats_body())
 
 

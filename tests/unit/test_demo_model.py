@@ -141,6 +141,12 @@ async def test_echo_and_chunk_size(base_url: str) -> None:
     assert "".join(_content(chunks)) == " keep  spaces "
 
 
+async def test_vary_answers_each_request_for_the_same_prompt_differently(base_url: str) -> None:
+    first = await _collect(base_url, "demo@delay_ms=0,vary=1", "echo:same prompt")
+    second = await _collect(base_url, "demo@delay_ms=0,vary=1", "echo:same prompt")
+    assert ("".join(_content(first)), "".join(_content(second))) == ("[1] same prompt", "[2] same prompt")
+
+
 async def test_max_tokens_finishes_with_length(base_url: str) -> None:
     chunks = await _collect(base_url, "gpt-4o-mini", max_tokens=3)
     assert _content(chunks) == chunk_text(answer_for(PLAIN_MESSAGES), 4)[:3]
