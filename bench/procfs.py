@@ -1,4 +1,4 @@
-"""What a benchmark reads about a running process from /proc (CPU time, RSS, TCP connections) and Redis."""
+"""What a benchmark reads about running processes: CPU time, RSS, Redis connections (/proc), Redis commandstats."""
 
 from __future__ import annotations
 
@@ -6,23 +6,23 @@ import asyncio
 import contextlib
 import os
 import statistics
-from collections import Counter
+import time
 from pathlib import Path
 from typing import Any, cast
 
 import redis
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_ESTABLISHED = "01"
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (utime and stime of /proc/<pid>/stat)."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    # The command name may hold spaces and parentheses: the fields start after the last ")".
-    fields = raw[raw.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLOCK_TICKS
+    """User + system CPU time so far (utime, stime of /proc/<pid>/stat); NaN once the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = raw[raw.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def rss_kib(pid: int) -> int:
@@ -32,54 +32,41 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    inodes: set[str] = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for entry in os.listdir(fd_dir):
-        try:
-            target = os.readlink(fd_dir / entry)
-        except OSError:
-            continue  # closed between listdir and readlink
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-def tcp_connections(pid: int, remote_port: int) -> int:
-    """Established TCP connections of `pid` to `remote_port`: its socket inodes matched in /proc/net/tcp[6].
-
-    Exact per process, unlike CLIENT LIST (which cannot tell which local process owns a connection).
-    """
-    inodes = _socket_inodes(pid)
-    # Prefilter on the raw text: the remote address is the field followed by the state.
-    marker = f":{remote_port:04X} {_ESTABLISHED} "
-    count = 0
-    for table in ("tcp", "tcp6"):
-        path = Path(f"/proc/{pid}/net/{table}")
-        if not path.exists():
-            continue
-        with path.open() as handle:
-            for line in handle:
-                if marker in line:
-                    cols = line.split()
-                    if len(cols) > 9 and cols[9] in inodes:
-                        count += 1
-    return count
-
-
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def redis_command_calls(client: redis.Redis) -> dict[str, int]:
-    """Calls per command since the server started (INFO commandstats); server-wide, all databases."""
-    stats = cast(dict[str, dict[str, Any]], client.info("commandstats"))
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
-def calls_delta(before: dict[str, int], after: dict[str, int], exclude: tuple[str, ...] = ()) -> dict[str, int]:
-    delta = {name: calls - before.get(name, 0) for name, calls in after.items() if name not in exclude}
-    return {name: calls for name, calls in sorted(delta.items(), key=lambda kv: -kv[1]) if calls > 0}
+def tcp_connections(pid: int, remote_ports: set[int]) -> int:
+    """Established TCP connections of `pid` to any of `remote_ports`: its socket inodes found in
+    /proc/<pid>/net/tcp[6]. Exact per process, unlike CLIENT LIST (which cannot name the local process)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    inodes = set()
+    for entry in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):  # closed between listdir and readlink
+            if (target := os.readlink(fd_dir / entry)).startswith("socket:["):
+                inodes.add(target[8:-1])
+    markers = tuple(f":{port:04X} 01 " for port in remote_ports)  # remote address, then state ESTABLISHED
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as handle:
+            count += sum(1 for line in handle if any(m in line for m in markers) and line.split()[9] in inodes)
+    return count
+
+
+def command_calls(urls: list[str]) -> int:
+    """Commands run so far by the Redis servers at `urls` (INFO commandstats: a script call and every command
+    it runs inside count one each), INFO itself excepted."""
+    total = 0
+    for url in urls:
+        with redis.Redis.from_url(url) as client:
+            stats = cast(dict[str, dict[str, Any]], client.info("commandstats"))
+            total += sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_ping"))
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -97,46 +84,39 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-class MonitorCounter:
-    """Counts the commands Redis runs for one database, split by who ran them: a client (one round trip each,
-    a Lua script call included) or a Lua script (`[db lua]` in MONITOR's output). INFO commandstats cannot
-    tell the two apart. MONITOR costs Redis some speed, so it runs only where commands are counted."""
+class Sampler:
+    """While a phase runs: each process's Redis connections and RSS every `interval` s, and its CPU seconds
+    over the phase (`cpu`); `elapsed` is the phase's wall time."""
 
-    def __init__(self, host: str, port: int, db: int) -> None:
-        self.host, self.port, self.db = host, port, db
-        self.by_client: Counter[str] = Counter()
-        self.by_script: Counter[str] = Counter()
-        self.counting = False
+    def __init__(self, pids: dict[str, int], redis_ports: set[int], interval: float = 0.5) -> None:
+        self.pids, self.ports, self.interval = pids, redis_ports, interval
+        self.connections: dict[str, int] = dict.fromkeys(pids, 0)
+        self.rss_kib: dict[str, int] = dict.fromkeys(pids, 0)
+        self.cpu: dict[str, float] = {}
+        self.elapsed = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._writer: asyncio.StreamWriter | None = None
 
-    async def __aenter__(self) -> MonitorCounter:
-        reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
-        self._writer.write(b"MONITOR\r\n")
-        if not (await reader.readline()).startswith(b"+OK"):
-            raise RuntimeError("MONITOR refused")
-        self._task = asyncio.ensure_future(self._read(reader))
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError):
+                self.connections[name] = max(self.connections[name], tcp_connections(pid, self.ports))
+                self.rss_kib[name] = max(self.rss_kib[name], rss_kib(pid))
+
+    async def _loop(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval)
+
+    async def __aenter__(self) -> Sampler:
+        self._started = time.monotonic()
+        self.cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._task = asyncio.ensure_future(self._loop())
         return self
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        prefix = f"[{self.db} ".encode()
-        while line := await reader.readline():
-            # +1732512345.123456 [11 127.0.0.1:50484] "evalsha" "..." ...
-            start = line.find(b" [")
-            if not self.counting or line[start + 1 : start + 1 + len(prefix)] != prefix:
-                continue
-            close = line.find(b"] ", start)
-            quote = line.find(b'"', close)
-            name = line[quote + 1 : line.find(b'"', quote + 1)].decode("ascii", "replace").lower()
-            target = self.by_script if line[start + len(prefix) + 1 : close] == b"lua" else self.by_client
-            target[name] += 1
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
+        self.elapsed = time.monotonic() - self._started
+        self.cpu = {name: cpu_seconds(pid) - self.cpu[name] for name, pid in self.pids.items()}

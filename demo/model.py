@@ -39,7 +39,7 @@ MALFORMED_LINE = b'data: {"id": "broken", not json\n\n'
 # How long `malformed` keeps the connection open after the bad line, so the client fails on parsing, not EOF.
 MALFORMED_LINGER_S = 1.0
 
-_PARAMS = frozenset({"delay_ms", "chunk", "after", "fail_times", "retry_after_ms", "stall_s", "vary"})
+_PARAMS = frozenset({"delay_ms", "chunk", "after", "fail_times", "retry_after_ms", "stall_s", "vary", "clock"})
 _STATUS_MODEL = re.compile(r"status-(\d{3})")
 
 
@@ -136,6 +136,8 @@ class Scenario:
     # vary=1: each request for the same (model, prompt) answers differently ("[n] " before the text), as a
     # sampling model would on a retry; without it every answer is the same, as at temperature 0.
     vary: bool = False
+    # clock=1: each content piece carries the time it was sent instead of its text (benchmarks measure lateness).
+    clock: bool = False
 
 
 def parse_model(model: str) -> Scenario:
@@ -177,6 +179,7 @@ def parse_model(model: str) -> Scenario:
         retry_after_ms=params.get("retry_after_ms"),
         stall_s=params.get("stall_s", DEFAULT_STALL_S),
         vary=params.get("vary", 0) > 0,
+        clock=bool(params.get("clock")),
     )
 
 
@@ -285,6 +288,11 @@ async def _pause(seconds: float) -> None:
         await asyncio.sleep(seconds)
 
 
+def _stamped(piece: str) -> str:
+    """The piece's length, filled with the send time: `1764600000.123456;` (18 characters), cut or padded."""
+    return f"{time.time():.6f};"[: len(piece)].ljust(len(piece), "_")
+
+
 async def _stream_body(c: _Completion) -> AsyncGenerator[bytes, None]:
     """The SSE body, event by event; the mid-stream faults branch off after `after` content chunks."""
     scenario = c.scenario
@@ -298,7 +306,7 @@ async def _stream_body(c: _Completion) -> AsyncGenerator[bytes, None]:
     head, tail = (pieces[: scenario.after], pieces[scenario.after :]) if c.fault else (pieces, [])
     for piece in head:
         await _pause(scenario.delay_s)
-        yield _event(c.chunk({"content": piece}, None))
+        yield _event(c.chunk({"content": _stamped(piece) if scenario.clock else piece}, None))
     if c.fault:
         if scenario.name == "malformed":
             yield MALFORMED_LINE
@@ -313,7 +321,7 @@ async def _stream_body(c: _Completion) -> AsyncGenerator[bytes, None]:
             await asyncio.sleep(scenario.stall_s)
     for piece in tail:
         await _pause(scenario.delay_s)
-        yield _event(c.chunk({"content": piece}, None))
+        yield _event(c.chunk({"content": _stamped(piece) if scenario.clock else piece}, None))
     yield _event(c.chunk({}, finish_reason))
     if c.include_usage:
         yield _event({**c.chunk({}, None), "choices": [], "usage": c.usage(len(pieces))})

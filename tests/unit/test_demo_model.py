@@ -117,6 +117,14 @@ def test_parse_model_params() -> None:
     assert (scenario.status, scenario.retry_after_ms, scenario.fail_times) == (429, 10, 2)
 
 
+async def test_clock_pieces_carry_their_send_time_at_the_pieces_length(base_url: str) -> None:
+    before = time.time()
+    pieces = _content(await _collect(base_url, "demo@delay_ms=0,chunk=18,clock=1", prompt="echo:" + "x" * 54))
+    assert [len(piece) for piece in pieces] == [18, 18, 18]
+    sent = [float(piece.rstrip(";")) for piece in pieces]
+    assert before <= sent[0] <= sent[1] <= sent[2] <= time.time()
+
+
 async def test_demo_stream_matches_answer_for(base_url: str) -> None:
     chunks = await _collect(base_url, "demo@delay_ms=0")
     expected = answer_for(PLAIN_MESSAGES)
