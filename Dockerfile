@@ -20,8 +20,9 @@ COPY shared ./shared
 COPY cli ./cli
 COPY demo ./demo
 
-# Installed as root into the system site-packages; the app user only needs to read it.
-RUN pip install --no-cache-dir . \
+# Installed as root into the system site-packages; the app user only needs to read it. With the OpenTelemetry
+# extra: tracing is then one environment variable away (OTEL_EXPORTER_OTLP_ENDPOINT), and off without it.
+RUN pip install --no-cache-dir ".[otel]" \
     && chown -R app:app /app
 
 USER app

@@ -9,7 +9,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
-from shared import lua
+from shared import lua, tracing
 from shared.jobs import JOB_FUNCTION, StoredRequest
 from shared.keys import wake_key
 from shared.state import Generations
@@ -39,12 +39,15 @@ class Enqueuer:
         """-> False, and nothing written, if the caller is at its limit of unfinished generations."""
         settings = self.generations.settings
         now_ms = int(time.time() * 1000)
-        job = serialize_job(JOB_FUNCTION, (generation_id,), {}, None, now_ms)
+        # The trace context (W3C traceparent) rides in the job, so the worker's spans join the request's trace.
+        trace = tracing.carrier()
+        job_kwargs: dict[str, Any] = {"trace": trace} if trace else {}
+        job = serialize_job(JOB_FUNCTION, (generation_id,), job_kwargs, None, now_ms)
         if not self.same_server:
             if not await self.generations.admit(owner, generation_id):
                 return False
             await self.generations.create(generation_id, request, metadata, owner, read_token_sha)
-            await self.queue.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+            await self.queue.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id, **job_kwargs)
             await self._wake(keys=[wake_key(settings.key_prefix)], args=[_WAKE_MAX, generation_id])
             return True
         fields = self.generations.state_fields(request, metadata, owner, read_token_sha)

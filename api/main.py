@@ -18,6 +18,7 @@ from api.limits import BodySizeLimit
 from api.routes import chat, generations, ops
 from api.schemas import GenerationCreate
 from api.wiring import close_services, open_services
+from shared import tracing
 from shared.config import Settings, get_settings
 from shared.logging import configure_logging
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await close_services(app.state.services)
+            tracing.shutdown()
 
     # /docs and /redoc with their JavaScript and CSS served from the installed package, not a CDN.
     app = FastAPIOffline(
@@ -57,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Generation-Id", "Location", "X-Generation-Token"],
         )
     _document_body(app)
+    if tracing.setup("sse-relay-api"):
+        tracing.instrument_app(app)
     return app
 
 

@@ -20,6 +20,7 @@ from api.deps import Services
 from api.errors import ApiError
 from api.schemas import GenerationCreated
 from api.sse import START, frames, sse_response
+from shared import tracing
 from shared.config import Settings
 from shared.errors import ErrorCode
 from shared.ids import new_generation_id
@@ -78,8 +79,9 @@ async def start_generation(
     else:
         token = idempotent_read_token(caller_secret, idempotency, generation_id)
     try:
-        # Admission (the per-caller limit), state and job in one round trip.
-        admitted = await services.enqueuer.submit(generation_id, request, metadata, caller, token_digest(token))
+        # Admission (the per-caller limit), state and job in one round trip; the job carries this span's context.
+        with tracing.span("sse_relay.enqueue", "PRODUCER", {"sse_relay.generation_id": generation_id}):
+            admitted = await services.enqueuer.submit(generation_id, request, metadata, caller, token_digest(token))
     except BaseException:
         # A pool timeout, a Redis blip, a cancelled request: unless the generation was created after all (the
         # command ran but its answer was lost), a retry must be able to claim the key, not find it pointing at

@@ -10,7 +10,7 @@ from typing import Any
 from arq import Retry
 from redis.exceptions import RedisError
 
-from shared import events
+from shared import events, tracing
 from shared.errors import ErrorCode
 from shared.metrics import RESETS
 from shared.retry import TRANSIENT, until_redis_answers
@@ -37,14 +37,25 @@ class CancelRequested(Exception):
     """A caller asked to cancel; raised in the job when the watcher sees the flag."""
 
 
-async def run_generation(ctx: dict[str, Any], generation_id: str) -> dict[str, str]:
+async def run_generation(
+    ctx: dict[str, Any], generation_id: str, trace: dict[str, str] | None = None
+) -> dict[str, str]:
     """arq entry point. Returns a plain dict: no exception object ever reaches an arq result.
 
     Every way out ends the generation or leaves the arq job queued for another try (`Retry`): arq deletes a
     job that raises anything else, and nothing would then end its generation but the reaper's minute-ly pass.
+    `trace`: the enqueuing request's trace context, the parent of this job's span.
     """
-    deps: Deps = ctx["deps"]
     job_try = int(ctx.get("job_try", 1))
+    attributes = {"sse_relay.generation_id": generation_id, "sse_relay.job_try": job_try}
+    with tracing.span("sse_relay.generation", "CONSUMER", attributes, parent=trace) as current:
+        result = await _run_job(ctx, generation_id, job_try)
+        tracing.set_attributes(current, {"sse_relay.outcome": result["status"]})
+        return result
+
+
+async def _run_job(ctx: dict[str, Any], generation_id: str, job_try: int) -> dict[str, str]:
+    deps: Deps = ctx["deps"]
     retry_later = Retry(defer=deps.settings.job_lease_s * 2)
     try:
         # Our own deadline, inside arq's (worker/main.py gives arq a margin): arq's would delete the job.
@@ -131,7 +142,7 @@ class Attempt:
                 # An earlier attempt published text; clients must discard it before this attempt's text.
                 await self.publisher.publish(events.reset(self.attempt, "retry"))
                 RESETS.labels("retry").inc()
-            await self._stream_with_watch()
+            await self._stream_provider()
         except PublishRefused as refused:
             log.info("generation %s attempt %d stopped: %s", self.state.id, self.attempt, refused.result.outcome)
             return refused.result.outcome
@@ -155,9 +166,23 @@ class Attempt:
 
     async def end(self, ending: Ending) -> str:
         text, reasoning = "".join(self.text), "".join(self.reasoning)
-        outcome = await finish(self.deps, self.state, self.attempt, self.publisher, text, reasoning, ending)
+        with tracing.span("sse_relay.terminal", attributes={"sse_relay.status": ending.status}) as current:
+            outcome = await finish(self.deps, self.state, self.attempt, self.publisher, text, reasoning, ending)
+            if ending.code is not None:
+                tracing.mark_error(current, ending.code.value)
         log.info("generation %s [%s] ended %s: %d chars", self.state.id, self.context, outcome, len(text))
         return outcome
+
+    async def _stream_provider(self) -> None:
+        """The provider call, as one client span (the SDK's HTTP library is not the instrumented httpx)."""
+        attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": self.state.request.model}
+        with tracing.span("chat " + self.state.request.model, "CLIENT", attributes) as current:
+            try:
+                await self._stream_with_watch()
+            except UpstreamError as exc:
+                tracing.mark_error(current, exc.code.value)
+                raise
+            tracing.set_attributes(current, {"sse_relay.pieces": len(self.text) + len(self.reasoning)})
 
     async def _stream_with_watch(self) -> None:
         deadline = max(1.0, self.deps.settings.job_timeout_s - _TIMEOUT_MARGIN_S)

@@ -13,6 +13,7 @@ from arq.connections import RedisSettings
 from arq.worker import func
 from redis.asyncio import Redis
 
+from shared import tracing
 from shared.config import get_settings
 from shared.hooks import HookThreads, load_registry
 from shared.jobs import JOB_FUNCTION
@@ -47,6 +48,7 @@ _ARQ_TIMEOUT_MARGIN_S = 30
 async def startup(ctx: dict[str, Any]) -> None:
     """One AsyncOpenAI client, one streams pool and one database engine per process, made inside the loop."""
     configure_logging(_settings)
+    tracing.setup("sse-relay-worker")
     engine = make_engine(_settings.database_url)
     if _settings.auto_migrate:
         await upgrade(engine)
@@ -92,6 +94,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await deps.generations.redis.aclose()
     await deps.store.engine.dispose()
     deps.hook_threads.shutdown()
+    tracing.shutdown()
 
 
 async def job_end(ctx: dict[str, Any]) -> None:
