@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from redis.exceptions import AskError, ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -18,7 +19,20 @@ T = TypeVar("T")
 
 # Errors that mean "Redis is away (down, restarting, loading its data)", not "this command is wrong".
 # BusyLoadingError (a restarted Redis replaying its AOF) is a ConnectionError in redis-py.
-TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+# On a cluster, a reshard or failover in progress: CLUSTERDOWN, TRYAGAIN (a multi-key script whose keys are
+# half migrated), no node for a slot, and redis-py's "TTL exhausted" after redirects that do not settle. That
+# last one happens while a slot is MIGRATING: redis-py's asyncio cluster client sends ASKING and the command on
+# two different pooled connections, so the importing node answers MOVED back; once the slot is handed over the
+# MOVED reply is final and the write goes through (tests/integration/test_cluster_stack.py).
+TRANSIENT: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    TryAgainError,
+    AskError,
+    SlotNotCoveredError,
+)
 
 _FIRST_DELAY_S = 0.05
 _MAX_DELAY_S = 1.0

@@ -109,14 +109,28 @@ class LocalCluster:
 
     def migrate_slot(self, slot: int, target: int) -> None:
         """Move `slot` and its keys to the master on port `target`, as `redis-cli --cluster reshard` does."""
+        self.begin_migration(slot, target)
+        self.move_keys(slot, target)
+        self.finish_migration(slot, target)
+
+    def begin_migration(self, slot: int, target: int) -> None:
+        """Mark `slot` MIGRATING on its owner and IMPORTING on `target`: from here the owner answers ASK for its
+        keys that are gone."""
         source = self.owner(slot)
-        ids = {port: self.command(port, "CLUSTER MYID") for port in self.ports}
-        self.command(target, "CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
-        self.command(source, "CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+        self.command(target, "CLUSTER SETSLOT", slot, "IMPORTING", self.command(source, "CLUSTER MYID"))
+        self.command(source, "CLUSTER SETSLOT", slot, "MIGRATING", self.command(target, "CLUSTER MYID"))
+
+    def move_keys(self, slot: int, target: int) -> None:
+        source = self.owner(slot)
         while keys := self.command(source, "CLUSTER GETKEYSINSLOT", slot, 100):
             self.command(source, "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+
+    def finish_migration(self, slot: int, target: int) -> None:
+        """Give `slot` to `target` on every master (the slot map changes; clients get MOVED from now on)."""
+        target_id = self.command(target, "CLUSTER MYID")
+        source = self.owner(slot)
         for port in [target, source, *(p for p in self.ports if p not in (source, target))]:
-            self.command(port, "CLUSTER SETSLOT", slot, "NODE", ids[target])
+            self.command(port, "CLUSTER SETSLOT", slot, "NODE", target_id)
 
     def stop(self) -> None:
         for process in self.processes:
