@@ -109,24 +109,6 @@ class HookStatus(BaseModel):
     error: str | None
 
 
-class GenerationView(BaseModel):
-    """GET /v1/generations/{id}."""
-
-    id: str
-    status: Status
-    model: str
-    text: str
-    reasoning: str | None
-    finish_reason: str | None
-    usage: dict[str, Any] | None
-    error: GenerationError | None
-    metadata: dict[str, Any]
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    on_complete: HookStatus | None = None
-
-
 class GenerationSummary(BaseModel):
     """One item of GET /v1/generations: a generation without its text (GET /v1/generations/{id} has it)."""
 
@@ -140,6 +122,14 @@ class GenerationSummary(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class GenerationView(GenerationSummary):
+    """GET /v1/generations/{id}: the summary with the text, the reasoning and the on_complete hook's state."""
+
+    text: str
+    reasoning: str | None
+    on_complete: HookStatus | None = None
 
 
 class GenerationPage(BaseModel):

@@ -22,53 +22,6 @@ def _error(code: str | None) -> GenerationError | None:
     return GenerationError(code=code, message=SAFE_MESSAGES[error_code_of(code)]) if code else None
 
 
-def live_view(state: GenerationState, text: str, reasoning: str) -> GenerationView:
-    hook = None
-    if state.request.on_complete:
-        hook = HookStatus(name=state.request.on_complete, status="pending", attempts=0, error=None)
-    return GenerationView(
-        id=state.id,
-        status=state.status,
-        model=state.model,
-        text=text,
-        reasoning=reasoning or None,
-        finish_reason=state.finish_reason,
-        usage=state.usage,
-        error=_error(state.error_code),
-        metadata=state.metadata,
-        created_at=_iso(state.created_at) or "",
-        started_at=_iso(state.started_at),
-        finished_at=_iso(state.finished_at),
-        on_complete=hook,
-    )
-
-
-def stored_view(record: GenerationRecord) -> GenerationView:
-    hook = None
-    if record.hook_name:
-        hook = HookStatus(
-            name=record.hook_name,
-            status=record.hook_status,  # type: ignore[arg-type]
-            attempts=record.hook_attempts,
-            error=record.hook_error,
-        )
-    return GenerationView(
-        id=record.id,
-        status=record.status,  # type: ignore[arg-type]
-        model=record.model,
-        text=record.text,
-        reasoning=record.reasoning,
-        finish_reason=record.finish_reason,
-        usage=record.usage,
-        error=_error(record.error_code),
-        metadata=record.meta,
-        created_at=_iso(record.created_at) or "",
-        started_at=_iso(record.started_at),
-        finished_at=_iso(record.finished_at),
-        on_complete=hook,
-    )
-
-
 def live_summary(state: GenerationState) -> GenerationSummary:
     return GenerationSummary(
         id=state.id,
@@ -97,3 +50,24 @@ def stored_summary(record: GenerationRecord) -> GenerationSummary:
         started_at=_iso(record.started_at),
         finished_at=_iso(record.finished_at),
     )
+
+
+def live_view(state: GenerationState, text: str, reasoning: str) -> GenerationView:
+    hook = None
+    if state.request.on_complete:
+        hook = HookStatus(name=state.request.on_complete, status="pending", attempts=0, error=None)
+    summary = live_summary(state).model_dump()
+    return GenerationView(**summary, text=text, reasoning=reasoning or None, on_complete=hook)
+
+
+def stored_view(record: GenerationRecord) -> GenerationView:
+    hook = None
+    if record.hook_name:
+        hook = HookStatus(
+            name=record.hook_name,
+            status=record.hook_status,  # type: ignore[arg-type]
+            attempts=record.hook_attempts,
+            error=record.hook_error,
+        )
+    summary = stored_summary(record).model_dump()
+    return GenerationView(**summary, text=record.text, reasoning=record.reasoning, on_complete=hook)
