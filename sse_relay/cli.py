@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterable
 from typing import Any, TextIO
 
 from sse_relay._core import Event, RelayError
@@ -94,11 +93,17 @@ def _follow(stream: EventStream, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_events(events: Iterable[Event], as_json: bool, out: TextIO) -> Event | None:
+def _print_events(events: EventStream, as_json: bool, out: TextIO) -> Event | None:
+    """`as_json`: one line per event, after a first line naming the generation (a script needs its id to
+    `watch`, `get` or `cancel` it, and an event's `id` is its position in the stream, not the generation's)."""
     last = None
     text_ends_line = True
+    announced = False
     for event in events:
         last = event
+        if as_json and not announced and events.id is not None:
+            out.write(json.dumps({"type": "generation", "generation_id": events.id}) + "\n")
+            announced = True
         if as_json:
             out.write(json.dumps(event.as_dict(), ensure_ascii=False) + "\n")
         elif event.type == "content":

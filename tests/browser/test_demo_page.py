@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 from playwright.async_api import Browser, Page, Route, expect
 
+from cli.embedded_redis import free_port
 from demo.model import answer_for
-from tests.support.stack import Stack
+from tests.support.stack import Stack, _get_ok, wait_for
 
 STEADY = "".join(f"[{i:03d}]" for i in range(60))
 
@@ -126,3 +127,29 @@ async def test_an_answer_that_does_not_match_done_is_an_error(page: Page, stack:
     await expect(status).to_have_attribute("data-state", "error", timeout=15_000)
     await expect(status).to_contain_text("characters")
     await expect(page.get_by_test_id("output")).to_have_attribute("data-verified", "false")
+
+
+async def test_the_api_key_field_is_sent_and_kept_across_a_reload(page: Page, stack: Stack) -> None:
+    """Against a relay with SSE_RELAY_API_KEYS: refused without the key, answered with it; the key survives a
+    reload (localStorage) and is what the reattach uses."""
+    port = free_port()
+    env = {**stack.env, "SSE_RELAY_API_KEYS": "page-key"}
+    api = stack.start("api-keyed-page", ["-m", "uvicorn", "api.main:app", "--port", str(port)], env=env)
+    keyed = Stack(env, f"http://127.0.0.1:{port}", stack.upstream_url, stack.logdir)
+    try:
+        wait_for(lambda: _get_ok(f"{keyed.api_url}/readyz"), "the keyed API", api)
+        await send(page, keyed, "Who am I?", "demo@delay_ms=1")
+        status = page.get_by_test_id("status")
+        await expect(status).to_have_attribute("data-state", "error", timeout=15_000)
+        await page.get_by_test_id("api-key").fill("page-key")
+        await page.get_by_test_id("send").click()
+        await expect(status).to_have_text("Done", timeout=30_000)
+        await expect(page.get_by_test_id("output")).to_have_text(expected("Who am I?"), use_inner_text=False)
+        await page.reload()
+        await expect(page.get_by_test_id("api-key")).to_have_value("page-key")
+        await expect(status).to_have_text("Done", timeout=30_000)
+        async with keyed.client(headers={"Authorization": "Bearer page-key"}) as client:
+            record = (await client.get(f"/v1/generations/{generation_id(page)}")).json()
+        assert record["text"] == expected("Who am I?")
+    finally:
+        api.stop()

@@ -35,8 +35,13 @@ def test_generate_reads_the_prompt_from_stdin_and_prints_json_lines(stack: Stack
     done = sse_relay("generate", "--url", stack.api_url, "--json", "-", stdin=f"echo:{LONG}")
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
+    # First the generation's id, for a script to watch, get or cancel it; then the events.
+    assert lines[0]["type"] == "generation" and lines[0]["generation_id"].startswith("gen_")
+    assert [line["type"] for line in lines].count("generation") == 1
     assert lines[-1]["type"] == "done" and lines[-1]["data"]["length"] == len(LONG)
     assert "".join(line["data"] for line in lines if line["type"] == "content") == LONG
+    fetched = json.loads(sse_relay("get", "--url", stack.api_url, lines[0]["generation_id"]).stdout)
+    assert fetched["text"] == LONG
 
 
 def test_an_error_terminal_exits_non_zero_with_its_code_on_stderr(stack: Stack) -> None:
@@ -54,13 +59,15 @@ def test_ctrl_c_detaches_and_watch_resumes(stack: Stack) -> None:
         env=_env(stack),
     )  # fmt: skip
     assert child.stdout is not None and child.stderr is not None
+    announced = json.loads(child.stdout.readline())
     first = json.loads(child.stdout.readline())  # streaming has begun
-    assert first["type"] == "content"
+    assert (announced["type"], first["type"]) == ("generation", "content")
     child.send_signal(signal.SIGINT)
     assert child.wait(timeout=20) == 130
     message = child.stderr.read()
     assert "Detached" in message
     generation_id = message.split("sse-relay watch ")[1].split()[0]
+    assert generation_id == announced["generation_id"]
     # The generation kept running; `watch` follows it (from the start) to its end.
     watched = sse_relay("watch", generation_id, env=_env(stack))
     assert watched.returncode == 0, watched.stderr
