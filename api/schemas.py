@@ -109,6 +109,19 @@ class HookStatus(BaseModel):
     error: str | None
 
 
+class WebhookDeliveryView(BaseModel):
+    """One configured endpoint's delivery of this generation's ending (the endpoint shown by host only)."""
+
+    id: str = Field(description="The `webhook-id` header: the same on every attempt")
+    endpoint: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: str | None
+    delivered_at: str | None
+
+
 class GenerationSummary(BaseModel):
     """One item of GET /v1/generations: a generation without its text (GET /v1/generations/{id} has it)."""
 
@@ -125,11 +138,13 @@ class GenerationSummary(BaseModel):
 
 
 class GenerationView(GenerationSummary):
-    """GET /v1/generations/{id}: the summary with the text, the reasoning and the on_complete hook's state."""
+    """GET /v1/generations/{id}: the summary with the text, the reasoning, the on_complete hook's state and the
+    webhook deliveries of its ending."""
 
     text: str
     reasoning: str | None
     on_complete: HookStatus | None = None
+    webhooks: list[WebhookDeliveryView] = Field(default_factory=list)
 
 
 class GenerationPage(BaseModel):

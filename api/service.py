@@ -28,6 +28,7 @@ from shared.jobs import StoredRequest
 from shared.keys import idempotency_key
 from shared.state import Status
 from shared.store.repository import FinalResult
+from shared.webhooks import endpoints
 
 log = logging.getLogger("sse_relay.api")
 
@@ -207,7 +208,7 @@ async def save_cancelled(services: Services, generation_id: str) -> None:
         return
     record = FinalResult.ending(state, "cancelled", state.terminal_id, state.attempt, code=ErrorCode.CANCELLED)
     try:
-        await services.store.save(record)
+        await services.store.save(record, endpoints(services.settings))
     except Exception as exc:
         # The cancel itself is done. The worker's reaper finds the generation still counted against its caller,
         # writes the record and frees the slot within a minute.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from api.schemas import GenerationError, GenerationSummary, GenerationView, HookStatus
+from api.schemas import GenerationError, GenerationSummary, GenerationView, HookStatus, WebhookDeliveryView
 from shared.errors import SAFE_MESSAGES, error_code_of
 from shared.state import GenerationState
-from shared.store.models import GenerationRecord
+from shared.store.models import GenerationRecord, WebhookDelivery
 from shared.store.repository import aware
 
 
@@ -60,7 +60,23 @@ def live_view(state: GenerationState, text: str, reasoning: str) -> GenerationVi
     return GenerationView(**summary, text=text, reasoning=reasoning or None, on_complete=hook)
 
 
-def stored_view(record: GenerationRecord) -> GenerationView:
+def webhook_views(rows: list[WebhookDelivery]) -> list[WebhookDeliveryView]:
+    return [
+        WebhookDeliveryView(
+            id=row.id,
+            endpoint=row.endpoint_host,
+            status=row.status,  # type: ignore[arg-type]
+            attempts=row.attempts,
+            last_status_code=row.last_status_code,
+            last_error=row.last_error,
+            next_attempt_at=_iso(row.next_attempt_at) if row.status == "pending" else None,
+            delivered_at=_iso(row.delivered_at),
+        )
+        for row in rows
+    ]
+
+
+def stored_view(record: GenerationRecord, webhooks: list[WebhookDelivery] | None = None) -> GenerationView:
     hook = None
     if record.hook_name:
         hook = HookStatus(
@@ -70,4 +86,10 @@ def stored_view(record: GenerationRecord) -> GenerationView:
             error=record.hook_error,
         )
     summary = stored_summary(record).model_dump()
-    return GenerationView(**summary, text=record.text, reasoning=record.reasoning, on_complete=hook)
+    return GenerationView(
+        **summary,
+        text=record.text,
+        reasoning=record.reasoning,
+        on_complete=hook,
+        webhooks=webhook_views(webhooks or []),
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -27,6 +29,30 @@ def default_model(base_url: str | None) -> str:
     return DASHSCOPE_DEFAULT_MODEL
 
 
+_MAKE_ONE = (
+    "set it to whsec_ followed by 24 to 64 random bytes in base64, e.g. "
+    "python -c \"import base64,secrets; print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\""
+)
+
+
+def check_webhook_secret(secret: str) -> None:
+    """A Standard Webhooks signing secret: `whsec_` + base64 of 24..64 bytes. The message never echoes it."""
+    if not secret.startswith("whsec_"):
+        raise ValueError(f"WEBHOOK_SECRET must start with whsec_: {_MAKE_ONE}")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"WEBHOOK_SECRET is not valid base64 after whsec_: {_MAKE_ONE}") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"WEBHOOK_SECRET decodes to {len(key)} bytes, not 24 to 64: {_MAKE_ONE}")
+
+
+def _host_of(url: str) -> str:
+    # A URL may carry credentials or a token in its query: messages show only the scheme and host.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" if parts.hostname else "(no host)"
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -36,7 +62,8 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     """Every knob of sse-relay; the README's configuration table lists the same names and defaults."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # Inputs stay out of error messages: a bad WEBHOOK_URLS entry may carry a token, a key may be mistyped.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True)
 
     # Provider.
     openai_api_key: SecretStr | None = Field(
@@ -120,10 +147,47 @@ class Settings(BaseSettings):
     # generation is picked up by another worker about this many seconds later instead of job_timeout + 10 s.
     job_lease_s: float = Field(default=3.0, ge=1, validation_alias="JOB_LEASE_S")
 
-    @field_validator("api_keys", "cors_allow_origins", "hook_modules", "hooks", mode="before")
+    # Webhooks: operator-configured endpoints only (a request never names a URL).
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="WEBHOOK_URLS")
+    webhook_secret: SecretStr | None = Field(default=None, validation_alias="WEBHOOK_SECRET")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300, validation_alias="WEBHOOK_TIMEOUT_S")
+    # Waits between attempts double from the first to the cap: with the defaults about 5 hours in all.
+    webhook_max_attempts: int = Field(default=15, ge=1, le=100, validation_alias="WEBHOOK_MAX_ATTEMPTS")
+    webhook_retry_first_s: float = Field(default=5.0, gt=0, validation_alias="WEBHOOK_RETRY_FIRST_S")
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0, validation_alias="WEBHOOK_RETRY_MAX_S")
+    webhook_include_text: bool = Field(default=False, validation_alias="WEBHOOK_INCLUDE_TEXT")
+    # How often each worker looks for deliveries that are due (a finished generation wakes it at once).
+    webhook_poll_s: float = Field(default=2.0, gt=0, le=60, validation_alias="WEBHOOK_POLL_S")
+
+    @field_validator("api_keys", "cors_allow_origins", "hook_modules", "hooks", "webhook_urls", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"WEBHOOK_URLS: {_host_of(url)!r} is not an http(s) URL with a host")
+        if len(set(urls)) != len(urls):
+            raise ValueError("WEBHOOK_URLS lists the same URL twice")
+        return urls
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is None or not secret.get_secret_value():
+            return None
+        check_webhook_secret(secret.get_secret_value())
+        return secret
+
+    @model_validator(mode="after")
+    def _webhooks_signed(self) -> Settings:
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ValueError(f"WEBHOOK_URLS is set but WEBHOOK_SECRET is not: {_MAKE_ONE}")
+        return self
 
     @model_validator(mode="after")
     def _provider_defaults(self) -> Settings:
@@ -159,7 +223,8 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value this process knows, for log redaction."""
         dashscope = self.dashscope_api_key.get_secret_value() if self.dashscope_api_key else None
-        found = [self.provider_key, dashscope, *(self.api_keys or [])]
+        webhook = self.webhook_secret.get_secret_value() if self.webhook_secret else None
+        found = [self.provider_key, dashscope, webhook, *(self.api_keys or [])]
         return [value for value in found if value]
 
 

@@ -1,4 +1,5 @@
-"""Ending a generation: durable record first, then the terminal event (same id), then `on_complete`."""
+"""Ending a generation: durable record (with its webhook deliveries) first, then the terminal event (same id),
+then `on_complete`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from shared.hooks import GenerationInfo, UnknownHook
 from shared.retry import until_redis_answers
 from shared.state import GenerationState, PublishResult, Status
 from shared.store.repository import FinalResult, aware
+from shared.webhooks import endpoints
 from worker import metrics
 from worker.deps import Deps
 from worker.publisher import Publisher, PublishRefused
@@ -64,6 +66,7 @@ async def finish(
     if published.outcome != "written":
         return published.outcome
     metrics.FINISHED.labels(end.status, end.code.value if end.code else "none").inc()
+    deps.webhooks_written()  # sent only now: before the terminal event the ending was not final
     await until_redis_answers(lambda: deps.generations.release(state.owner, state.id), f"releasing {state.id}")
     if end.status == "done" and state.request.on_complete:
         await run_on_complete(deps, state.id)
@@ -79,7 +82,7 @@ async def _save(deps: Deps, result: FinalResult) -> None:
     while True:
         tries += 1
         try:
-            await deps.store.save(result)
+            await deps.store.save(result, endpoints(deps.settings))
         except Exception as exc:
             log.warning(
                 "saving %s failed (try %d): %s; the terminal event waits, retrying in %.1f s",

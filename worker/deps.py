@@ -11,6 +11,7 @@ from shared.hooks import HookRegistry, HookThreads
 from shared.state import Generations
 from shared.store.repository import ResultStore
 from worker.lease import Leases
+from worker.webhooks import Deliverer
 
 
 @dataclass(slots=True)
@@ -22,3 +23,9 @@ class Deps:
     hooks: HookRegistry
     hook_threads: HookThreads
     leases: Leases
+    webhooks: Deliverer | None = None  # None when WEBHOOK_URLS is empty
+
+    def webhooks_written(self) -> None:
+        """An ending with deliveries was stored: the delivery loop looks at once."""
+        if self.webhooks is not None:
+            self.webhooks.nudge()

@@ -16,6 +16,7 @@ from shared.metrics import RESETS
 from shared.retry import TRANSIENT, until_redis_answers
 from shared.state import Claim, GenerationState
 from shared.tasks import cancel_and_wait
+from shared.webhooks import endpoints
 from worker import metrics
 from worker.completion import Ending, finish, run_on_complete
 from worker.deps import Deps
@@ -97,6 +98,7 @@ async def _run(deps: Deps, generation_id: str, job_try: int, claims: dict[str, C
     if claim.outcome == "terminal":
         # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed. Running
         # again means the earlier try's lease lapsed: its worker is likely gone, maybe mid-hook.
+        await _ensure_webhooks(deps, generation_id)
         await run_on_complete(deps, generation_id, after_lapse=job_try > 1)
         return "terminal"
     state = claim.state
@@ -115,6 +117,14 @@ async def _run(deps: Deps, generation_id: str, job_try: int, claims: dict[str, C
         # The earlier tries died with their workers (lease lost each time): end it for good.
         return await attempt.end(Ending("error", ErrorCode.WORKER_LOST))
     return await attempt.run(claim.had_output)
+
+
+async def _ensure_webhooks(deps: Deps, generation_id: str) -> None:
+    # A generation cancelled while queued was recorded by the API, which may not know WEBHOOK_URLS.
+    targets = endpoints(deps.settings)
+    if targets:
+        await deps.store.ensure_webhooks(generation_id, targets)
+        deps.webhooks_written()
 
 
 class Attempt:

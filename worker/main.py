@@ -32,6 +32,7 @@ from worker.job import run_generation
 from worker.lease import Leases
 from worker.reaper import reap
 from worker.upstream import make_client
+from worker.webhooks import Deliverer
 
 wakeup.install()
 pickup.install()
@@ -61,22 +62,35 @@ async def startup(ctx: dict[str, Any]) -> None:
     leases = ctx["leases"] = Leases(ctx["redis"], _settings.job_lease_s)
     leases.start()
     ctx["metrics"] = metrics.start(_settings, ctx["redis"], leases.count)
+    generations = Generations(redis, _settings)
+    store = ResultStore(engine)
     ctx["deps"] = Deps(
         settings=_settings,
-        generations=Generations(redis, _settings),
+        generations=generations,
         client=make_client(_settings),
-        store=ResultStore(engine),
+        store=store,
         hooks=load_registry(_settings.hook_modules, _settings.hooks),
         hook_threads=HookThreads(_settings.hook_threads),
         leases=leases,
+        webhooks=_start_webhooks(store, generations),
     )
     log.info(
-        "worker ready: model=%s base_url=%s max_jobs=%d hooks=%d",
+        "worker ready: model=%s base_url=%s max_jobs=%d hooks=%d webhooks=%d",
         _settings.ai_model_name,
         _settings.openai_base_url or "(SDK default)",
         _settings.worker_max_jobs,
         len(ctx["deps"].hooks.hooks),
+        len(_settings.webhook_urls),
     )
+
+
+def _start_webhooks(store: ResultStore, generations: Generations) -> Deliverer | None:
+    """The delivery loop, when endpoints are configured (pending rows of other workers are sent here too)."""
+    if not _settings.webhook_urls:
+        return None
+    deliverer = Deliverer(_settings, store.deliveries, store, generations)
+    deliverer.start()
+    return deliverer
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -90,6 +104,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if deps is None:
         return
     await deps.leases.stop()
+    if deps.webhooks is not None:
+        await deps.webhooks.stop()
     await deps.client.close()
     await deps.generations.redis.aclose()
     await deps.store.engine.dispose()

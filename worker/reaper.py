@@ -20,6 +20,7 @@ from shared.errors import ErrorCode, error_code_of
 from shared.keys import active_key
 from shared.state import GenerationState
 from shared.store.repository import FinalResult
+from shared.webhooks import endpoints
 from worker import metrics
 from worker.deps import Deps
 
@@ -81,7 +82,10 @@ async def _ensure_record(deps: Deps, state: GenerationState) -> bool:
     if await deps.store.get(state.id) is not None:
         return False
     code = error_code_of(state.error_code)
-    return await deps.store.save(FinalResult.ending(state, state.status, state.terminal_id, state.attempt, code=code))
+    record = FinalResult.ending(state, state.status, state.terminal_id, state.attempt, code=code)
+    saved = await deps.store.save(record, endpoints(deps.settings))
+    deps.webhooks_written()
+    return saved
 
 
 def _glob_escape(text: str) -> str:

@@ -154,7 +154,7 @@ async def get_generation(services: ServicesDep, found: ReadableDep) -> Generatio
         # Finished: the durable record is the source of truth (it also knows how on_complete went).
         record = found.record or await services.store.get(found.id)
         if record is not None:
-            return stored_view(record)
+            return stored_view(record, await services.store.deliveries.of_generation(found.id))
     if state is None:
         raise not_found(found.id)
     folded = fold(await read_range(services.streams, services.generations.keys(state.id).events))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -13,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import defer
 
 from shared.errors import SAFE_MESSAGES, ErrorCode
+from shared.store import deliveries
 from shared.store.db import sessions
-from shared.store.models import GenerationRecord
+from shared.store.models import GenerationRecord, WebhookDelivery
+from shared.webhooks import Endpoint
 
 if TYPE_CHECKING:
     from shared.state import GenerationState
@@ -120,12 +123,15 @@ class ResultStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = sessions(engine)
+        self.deliveries = deliveries.DeliveryStore(engine)
 
-    async def save(self, result: FinalResult) -> bool:
+    async def save(self, result: FinalResult, webhooks: Sequence[Endpoint] = ()) -> bool:
         """Insert, or replace a record left by an older attempt; never overwrite a newer attempt's record.
 
         A stale attempt (its lease lost) may get here after the attempt that replaced it: the `attempts`
-        guard keeps the row consistent with the terminal event that is actually published.
+        guard keeps the row consistent with the terminal event that is actually published. The webhook
+        deliveries of the ending are written in the same transaction, so no crash can keep the record and
+        lose them; the message is built from the record when it is sent.
         """
         # Core insert: keyed by column name ("metadata"), not attribute name ("meta").
         columns = {attr.key: attr.columns[0].name for attr in GenerationRecord.__mapper__.column_attrs}
@@ -146,7 +152,17 @@ class ResultStore:
         )
         async with self._sessions.begin() as session:
             outcome = await session.execute(statement)
+            await deliveries.add(session, result.id, webhooks)
         return bool(getattr(outcome, "rowcount", 0))
+
+    async def ensure_webhooks(self, generation_id: str, webhooks: Sequence[Endpoint]) -> None:
+        """The deliveries of a recorded ending that was written without them (by an API process without
+        WEBHOOK_URLS); nothing when it has no record yet (whoever writes it adds them)."""
+        if not webhooks:
+            return
+        async with self._sessions.begin() as session:
+            if await session.get(GenerationRecord, generation_id) is not None:
+                await deliveries.add(session, generation_id, webhooks)
 
     async def get(self, generation_id: str) -> GenerationRecord | None:
         async with self._sessions() as session:
@@ -215,4 +231,5 @@ class ResultStore:
         statement = delete(GenerationRecord).where(GenerationRecord.finished_at < utcnow() - older_than)
         async with self._sessions.begin() as session:
             outcome = await session.execute(statement)
+            await session.execute(delete(WebhookDelivery).where(WebhookDelivery.created_at < utcnow() - older_than))
         return int(getattr(outcome, "rowcount", 0) or 0)
