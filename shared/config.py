@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -224,7 +225,10 @@ class Settings(BaseSettings):
         """Every secret value this process knows, for log redaction."""
         dashscope = self.dashscope_api_key.get_secret_value() if self.dashscope_api_key else None
         webhook = self.webhook_secret.get_secret_value() if self.webhook_secret else None
-        found = [self.provider_key, dashscope, webhook, *(self.api_keys or [])]
+        # A webhook URL may hold a token in its path (chat-style incoming hooks); httpx logs each request's
+        # URL in its normalised form, so both forms are redacted.
+        urls = [form for url in self.webhook_urls for form in (url, str(httpx.URL(url)))]
+        found = [self.provider_key, dashscope, webhook, *urls, *(self.api_keys or [])]
         return [value for value in found if value]
 
 

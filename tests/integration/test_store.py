@@ -124,8 +124,8 @@ async def test_upgrade_creates_generations_table_with_its_indexes_at_head(store:
         "ix_generations_hook_status": ["hook_status"],
         "ix_generations_owner_created_at": ["owner", "created_at"],
     }
-    assert migrations_head() == "0003"
-    assert await alembic_versions(store) == ["0003"]
+    assert migrations_head() == "0004"
+    assert await alembic_versions(store) == ["0004"]
 
 
 async def test_migrations_match_the_models(store: ResultStore) -> None:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Environment a test stack must not inherit (a developer's real key or endpoint).
 _SCRUB = ("OPENAI_API_KEY", "DASHSCOPE_API_KEY", "OPENAI_BASE_URL", "AI_MODEL_NAME", "QWEN_MODEL_NAME",
           "SSE_RELAY_API_KEYS", "STREAMS_REDIS_URL", "CORS_ALLOW_ORIGINS", "DATABASE_URL",
-          "SSE_RELAY_HOOK_MODULES", "SSE_RELAY_HOOKS")  # fmt: skip
+          "SSE_RELAY_HOOK_MODULES", "SSE_RELAY_HOOKS", "WEBHOOK_URLS", "WEBHOOK_SECRET")  # fmt: skip
 
 
 @dataclass
