@@ -28,6 +28,7 @@ __all__ = [
     "RETRIED_ATTEMPTS",
     "TOKENS",
     "TTFT",
+    "WEBHOOK_DELIVERIES",
     "MetricsServer",
     "observe_queue_wait",
     "observe_ttft",
@@ -68,6 +69,11 @@ HOOK_CALLS = Counter(
     "sse_relay_hook_calls_total",
     "Hook calls by hook kind and outcome (ok, error, timeout)",
     ["hook", "outcome"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "sse_relay_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered; retried: will be tried again; failed: given up)",
+    ["outcome"],
 )
 QUEUE_DEPTH = Gauge("sse_relay_queue_depth", "Jobs in the arq queue (queued and running), read every few seconds")
 RUNNING = Gauge("sse_relay_worker_jobs_running", "Jobs this worker process is running")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from prometheus_client import Counter
 from standardwebhooks import Webhook
 
 from shared.config import Settings
@@ -28,14 +27,10 @@ from shared.store.models import GenerationRecord
 from shared.store.repository import ResultStore
 from shared.tasks import cancel_and_wait
 from shared.webhooks import Endpoint, endpoints, message
+from worker import metrics
 
 log = logging.getLogger("sse_relay.worker")
 
-DELIVERIES = Counter(
-    "sse_relay_webhook_deliveries_total",
-    "Webhook delivery attempts by outcome (delivered, retried: will be tried again, failed: given up)",
-    ["outcome"],
-)
 _BATCH = 50
 # An ending not final yet (its attempt died between record and terminal event): the job's next try settles it.
 _NOT_FINAL_WAIT_S = 5.0
@@ -188,4 +183,4 @@ class Deliverer:
 
     async def _settle(self, claimed: Claimed, outcome: Outcome, counted: str) -> None:
         if await self.deliveries.settle(claimed, self._owner, outcome):
-            DELIVERIES.labels(outcome=counted).inc()
+            metrics.WEBHOOK_DELIVERIES.labels(outcome=counted).inc()

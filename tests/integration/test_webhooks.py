@@ -25,11 +25,13 @@ from shared.config import Settings
 from shared.jobs import StoredRequest
 from shared.redis_client import streams_client
 from shared.state import Generations
+from tests.support.metrics import scrape, value
 from tests.support.scan import redis_dump
 from tests.support.sse import EventReader
 from tests.support.stack import Stack, running_stack
 from tests.support.webhook_receiver import PATH_TOKEN, Receiver
 
+METRIC = "sse_relay_webhook_deliveries_total"
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
@@ -90,9 +92,14 @@ async def test_a_failed_first_attempt_is_retried_under_the_same_id_and_verifies(
     hook_client: httpx.AsyncClient, receiver: Receiver, hook_stack: Stack
 ) -> None:
     receiver.fail_first = 1
+    before = scrape(hook_stack.worker_metrics_url())
     generation_id = await start(hook_client, prompt="echo:hello webhooks", metadata={"ticket": "T-9"})
 
     view = await settled(hook_client, generation_id)
+    after = scrape(hook_stack.worker_metrics_url())
+    for outcome, moved in (("retried", 1), ("delivered", 1), ("failed", 0)):
+        counted = value(after, METRIC, outcome=outcome) - value(before, METRIC, outcome=outcome)
+        assert counted == moved, outcome
     first, retry = receiver.of(generation_id)
     assert first.webhook_id == retry.webhook_id == view["webhooks"][0]["id"]
     assert first.body == retry.body, "a retry sends the same message"
