@@ -102,11 +102,11 @@ class LocalCluster:
         self.command(port, "CLUSTER MEET", "127.0.0.1", master)
         _wait(lambda: master_id in self._known_ids(port), f"replica {port} to learn its master")
         self.command(port, "CLUSTER REPLICATE", master_id)
-        _wait(lambda: self.node(port).info("replication")["master_link_status"] == "up", f"replica {port}")
+        _wait(lambda: self._replication(port).get("master_link_status") == "up", f"replica {port}")
 
     def fail_over(self, master: int) -> int:
         """Promote `master`'s replica with CLUSTER FAILOVER (coordinated: no write is lost); returns its port."""
-        replica = next(p for p in self.replica_ports if self.node(p).info("replication").get("master_port") == master)
+        replica = next(p for p in self.replica_ports if self._replication(p).get("master_port") == master)
         self.command(replica, "CLUSTER FAILOVER")
         _wait(lambda: self._role(replica) == "master", f"replica {replica} to take over")
         _wait(lambda: self._role(master) == "slave", f"master {master} to step down")
@@ -118,8 +118,11 @@ class LocalCluster:
         # redis-py parses CLUSTER NODES into {"host:port@bus": {"node_id": ..., ...}}.
         return {node["node_id"] for node in self.command(port, "CLUSTER NODES").values()}
 
+    def _replication(self, port: int) -> dict[str, Any]:
+        return dict(self.command(port, "INFO", "replication"))
+
     def _role(self, port: int) -> str:
-        return str(self.node(port).info("replication")["role"])
+        return str(self._replication(port)["role"])
 
     def _formed(self) -> bool:
         for port in self.ports:
