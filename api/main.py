@@ -14,8 +14,9 @@ from pydantic import BaseModel
 
 from api import errors
 from api.compat.chat import ChatCompletionCreate
+from api.compat.responses import ResponseCreate
 from api.limits import BodySizeLimit
-from api.routes import chat, generations, ops
+from api.routes import chat, generations, ops, responses
 from api.schemas import GenerationCreate
 from api.wiring import close_services, open_services
 from shared import tracing
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(generations.router)
     app.include_router(chat.router)
+    app.include_router(responses.router)
     app.include_router(ops.router)
     # The browser module (/static/sse-relay.js) ships inside the package, so it is served offline and versioned.
     app.mount("/static", StaticFiles(packages=[("api", "static")]), name="static")
@@ -64,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-_BODIES: tuple[type[BaseModel], ...] = (GenerationCreate, ChatCompletionCreate)
+_BODIES: tuple[type[BaseModel], ...] = (GenerationCreate, ChatCompletionCreate, ResponseCreate)
 
 
 def _document_body(app: FastAPI) -> None:

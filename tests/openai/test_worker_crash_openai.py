@@ -12,12 +12,20 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import openai
 import pytest
+from openai.types.responses import (
+    ResponseCompletedEvent,
+    ResponseErrorEvent,
+    ResponseStreamEvent,
+    ResponseTextDeltaEvent,
+)
 
 from tests.openai.conftest import CALLER_KEY, sdk
 from tests.support.sse import read_events
 from tests.support.stack import Stack, running_stack
 
 TEXT = "A text long enough to be cut: 一二三四五六七八九十, and then some more words to go."
+# The demo model counts requests per (model, prompt) for vary=1: each test asks with a prompt of its own.
+RTEXT = TEXT + " (responses)"
 _names = itertools.count(2)
 
 
@@ -97,3 +105,49 @@ async def test_chat_stream_ends_with_generation_restarted_when_the_retry_departs
     assert f"[1] {TEXT}".startswith(sent), "nothing of the second attempt reached the client"
     view = await final_view(crash_stack, generation_id)
     assert (view["status"], view["text"]) == ("done", f"[2] {TEXT}")
+
+
+async def test_responses_stream_continues_when_the_retry_repeats_the_text(
+    crash_client: openai.AsyncOpenAI, crash_stack: Stack
+) -> None:
+    created = await crash_client.responses.create(
+        model="demo@chunk=2,delay_ms=30", input=f"echo:{TEXT}", background=True
+    )
+    events: list[ResponseStreamEvent] = []
+    async for event in await crash_client.responses.retrieve(created.id, stream=True):
+        events.append(event)
+        if len([e for e in events if isinstance(e, ResponseTextDeltaEvent)]) == 3 and isinstance(
+            event, ResponseTextDeltaEvent
+        ):
+            kill_running_worker(crash_stack)
+    assert "".join(e.delta for e in events if isinstance(e, ResponseTextDeltaEvent)) == TEXT
+    numbers = [e.sequence_number for e in events]
+    assert numbers == sorted(set(numbers))
+    assert isinstance(events[-1], ResponseCompletedEvent) and events[-1].response.output_text == TEXT
+    assert await retried(crash_stack, created.id), "the worker really died mid-stream"
+
+
+async def test_responses_stream_ends_with_a_restarted_error_when_the_retry_departs(
+    crash_client: openai.AsyncOpenAI, crash_stack: Stack
+) -> None:
+    created = await crash_client.responses.create(
+        model="demo@chunk=2,delay_ms=30,vary=1", input=f"echo:{RTEXT}", background=True
+    )
+    events: list[ResponseStreamEvent] = []
+    async for event in await crash_client.responses.retrieve(created.id, stream=True):
+        events.append(event)
+        if len([e for e in events if isinstance(e, ResponseTextDeltaEvent)]) == 3 and isinstance(
+            event, ResponseTextDeltaEvent
+        ):
+            kill_running_worker(crash_stack)
+    error = events[-1]
+    assert isinstance(error, ResponseErrorEvent) and error.code == "generation_restarted"
+    sent = "".join(e.delta for e in events if isinstance(e, ResponseTextDeltaEvent))
+    assert f"[1] {RTEXT}".startswith(sent)
+    final = await crash_client.responses.retrieve(created.id)
+    deadline = time.monotonic() + 30
+    while final.status not in ("completed", "failed"):
+        assert time.monotonic() < deadline, final.status
+        await asyncio.sleep(0.05)
+        final = await crash_client.responses.retrieve(created.id)
+    assert (final.status, final.output_text) == ("completed", f"[2] {RTEXT}")
