@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from prometheus_client import Counter, Gauge
 
 from shared.ids import parse_stream_id
-from shared.metrics import REDIS_ERRORS, RESETS
+from shared.metrics import FINISHED, REDIS_ERRORS, RESETS
 from shared.streams import Entry
 
 __all__ = [
+    "FINISHED",
     "GENERATIONS_CREATED",
     "REDIS_ERRORS",
     "REPLAYED",
@@ -50,13 +51,14 @@ async def track_stream(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 async def count_replayed(batches: AsyncIterator[list[Entry]]) -> AsyncIterator[list[Entry]]:
     """Counts the entries written before the request arrived (their stream id's milliseconds are Redis's
-    clock, compared with this process's: replay stands out by seconds, a small skew does not matter).
-    Ids are in order, so counting stops at the first live entry."""
+    clock, compared with this process's: replay stands out by seconds, a small skew does not matter; an entry
+    of the very millisecond the body started counts as replayed). Ids are in order, so counting stops at the
+    first live entry."""
     since_ms = int(time.time() * 1000)
     replaying = True
     async for batch in batches:
         if replaying:
-            old = sum(1 for entry_id, _ in batch if _millis(entry_id) < since_ms)
+            old = sum(1 for entry_id, _ in batch if _millis(entry_id) <= since_ms)
             if old:
                 REPLAYED.labels("redis").inc(old)
             replaying = old == len(batch)

@@ -36,6 +36,7 @@ from redis.exceptions import MovedError, RedisError
 from shared.config import Settings
 from shared.ids import parse_stream_id
 from shared.keys import GenerationKeys
+from shared.metrics import REDIS_ERRORS
 from shared.redis_client import StreamsRedis, bounded_pool
 from shared.streams import Entry, is_terminal, read_range
 from shared.tasks import cancel_and_wait
@@ -96,6 +97,7 @@ class _Shard:
                 # MOVED (the slot went to another node), a failover, a timeout: a fresh connection, to wherever
                 # the key's slot is now, reading on from each key's position.
                 log.warning("stream reader: %s; reconnecting", type(exc).__name__)
+                REDIS_ERRORS.inc()
                 await self.disconnect()
                 if not failed and isinstance(exc, MovedError):
                     failed = True

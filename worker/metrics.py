@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from shared.config import Settings
-from shared.metrics import REDIS_ERRORS, RESETS
+from shared.metrics import FINISHED, REDIS_ERRORS, RESETS
 from shared.tasks import cancel_and_wait
 
 __all__ = [
@@ -49,11 +49,6 @@ TTFT = Histogram(
     "sse_relay_time_to_first_token_seconds",
     "From enqueue to the generation's first piece of output from the provider",
     buckets=LATENCY_BUCKETS,
-)
-FINISHED = Counter(
-    "sse_relay_generations_finished_total",
-    "Generations ended by this worker, by status and error code (code 'none' for done)",
-    ["status", "code"],
 )
 # Stream pieces (content or reasoning deltas) received from the provider: about one token each.
 TOKENS = Counter("sse_relay_tokens_total", "Pieces of output received from the provider (about one token each)")

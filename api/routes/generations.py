@@ -31,6 +31,7 @@ from api.schemas import (
 from api.service import created_response, save_cancelled, start_generation
 from api.sse import frames, is_at_or_after, replay_plan, resume_point, sse_response, stored_entries, stored_frames
 from api.views import live_view, stored_view
+from shared.errors import ErrorCode
 from shared.events import EVENT_TYPES
 from shared.jobs import StoredRequest
 from shared.messages import ChatMessage, build_messages
@@ -173,6 +174,7 @@ async def cancel_generation(services: ServicesDep, found: GenerationDep) -> JSON
         return _status(found.id, current.status if current else found.state.status, 200)
     if outcome == "cancelled":
         # No worker will ever finish a generation cancelled while queued: the API writes its record.
+        metrics.FINISHED.labels("cancelled", ErrorCode.CANCELLED.value).inc()
         await save_cancelled(services, found.id)
     return _status(found.id, status, 202)
 

@@ -12,6 +12,7 @@ from shared.jobs import StoredRequest
 from shared.redis_client import streams_client
 from shared.state import Generations
 from tests.support.jobs import job_ended
+from tests.support.metrics import scrape, value
 from tests.support.sse import EventReader, assert_well_formed, read_events
 from tests.support.stack import Stack
 
@@ -86,10 +87,15 @@ async def test_cancel_while_queued_never_calls_the_provider(
     generation_id = "gen_" + "c" * 24 + str(int(time.time() * 1000))[-8:]
     request = StoredRequest(messages=[{"role": "user", "content": "echo:never"}], model="demo")
     await generations.create(generation_id, request, {}, "anonymous")
+    finished = {"status": "cancelled", "code": "cancelled"}
+    counted = value(scrape(f"{stack.api_url}/metrics"), "sse_relay_generations_finished_total", **finished)
     try:
         cancel = await client.post(f"/v1/generations/{generation_id}/cancel")
         assert cancel.status_code == 202
         assert cancel.json()["status"] == "cancelled"
+        # No worker ends it: the API counts the ending it wrote.
+        now = value(scrape(f"{stack.api_url}/metrics"), "sse_relay_generations_finished_total", **finished)
+        assert now == counted + 1
         requests_before = (await _stats(upstream))["requests"]
 
         from arq.connections import RedisSettings, create_pool

@@ -13,13 +13,14 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from cli.embedded_redis import free_port
 from demo.model import chunk_text
 from shared.keys import generation_keys
 from tests.support.hooks import KILL_MARKER
 from tests.support.jobs import job_ended
 from tests.support.metrics import Samples, scrape, total, value
 from tests.support.sse import Received, read_events, text_of
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, _get_ok, running_stack, wait_for
 
 WORKERS = ("worker", "worker-2")
 
@@ -170,3 +171,23 @@ async def test_a_worker_killed_mid_generation_counts_a_retry_reset(
     # The second attempt does not observe queue wait or TTFT again: they are the first attempt's.
     assert moved("sse_relay_queue_wait_seconds_count") == 0
     assert moved("sse_relay_hook_calls_total", hook="on_content", outcome="ok") > 0
+
+
+async def test_metrics_need_no_key_and_carry_no_secret_or_id(metrics_stack: Stack, relay: httpx.AsyncClient) -> None:
+    generation_id, _ = await generate(relay, {"prompt": "echo:private words", "model": "demo@chunk=4"})
+    await job_ended(metrics_stack.env["REDIS_URL"], generation_id)
+    port = free_port()
+    env = {**metrics_stack.env, "SSE_RELAY_API_KEYS": "metrics-key"}
+    keyed = metrics_stack.start("api-keyed-metrics", ["-m", "uvicorn", "api.main:app", "--port", str(port)], env=env)
+    try:
+        wait_for(lambda: _get_ok(f"http://127.0.0.1:{port}/readyz"), "the keyed API", keyed)
+        # Scraped like /healthz: a Prometheus server holds no caller key.
+        texts = [httpx.get(f"http://127.0.0.1:{port}/metrics").text, httpx.get(f"{metrics_stack.api_url}/metrics").text]
+        alive = [name for name in WORKERS if metrics_stack.processes[name].popen.poll() is None]
+        texts += [httpx.get(metrics_stack.worker_metrics_url(name)).text for name in alive]
+    finally:
+        keyed.stop()
+    for text in texts:
+        assert "sse_relay_" in text
+        for secret in (metrics_stack.secret, "metrics-key", generation_id, "private words"):
+            assert secret not in text
