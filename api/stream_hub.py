@@ -25,11 +25,12 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.crc import key_slot
 from redis.exceptions import MovedError, RedisError
 
@@ -40,6 +41,11 @@ from shared.metrics import REDIS_ERRORS
 from shared.redis_client import StreamsRedis, bounded_pool
 from shared.streams import Entry, is_terminal, read_range
 from shared.tasks import cancel_and_wait
+
+try:
+    from hiredis import pack_command as hiredis_pack_command
+except ImportError:  # redis-py's own packing then: correct, only slower
+    hiredis_pack_command = None  # type: ignore[assignment]
 
 log = logging.getLogger("sse_relay.api")
 _READ_COUNT = 500
@@ -111,6 +117,7 @@ class _Shard:
         # timeout outlives the BLOCK: a reply that is that late means a dead or half-open connection, which
         # without a timeout would stall every stream of the shard for good.
         options = reader_options(self.block_ms)
+        options.update(packed_connection_class(url))
         reader = Redis.from_url(url, decode_responses=True, single_connection_client=True, **options)
         # XREAD's replies as Redis sends them: redis-py's default callback turns every entry's fields into a
         # dict, which was a quarter of the API's CPU at 1,000 busy streams (py-spy, BENCHMARKS.md).
@@ -151,7 +158,9 @@ class _Shard:
     async def xread(self, streams: dict[str, str]) -> Any:
         """One blocking read of every followed key (a seam the tests use to hold a reply)."""
         assert self.reader is not None
-        return await self.reader.xread(streams, count=_READ_COUNT, block=self.block_ms)  # type: ignore[arg-type]
+        # The command itself, not redis-py's xread(): that one rebuilds the argument list key by key in Python.
+        args = ("XREAD", "COUNT", _READ_COUNT, "BLOCK", self.block_ms, "STREAMS", *streams, *streams.values())
+        return await cast(Any, self.reader).execute_command(*args)
 
     async def _gather_writes(self, read_started: float) -> None:
         """Busy streams: let writes pile up briefly so the next XREAD carries many of them. Without this pause
@@ -357,6 +366,40 @@ def reader_options(block_ms: int) -> dict[str, Any]:
         "socket_keepalive": True,
         "health_check_interval": 30,
     }
+
+
+class _HiredisPacking(AbstractConnection):
+    """Commands packed by hiredis (C) instead of redis-py's per-argument Python loop. A reader's XREAD names
+    every followed key and its position, and packing it was the largest part of the API's CPU at 1,000 busy
+    streams (py-spy: a quarter of the API's busy samples)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # Like redis-py's: a command name of two words ("CLIENT ID") is two arguments.
+        name = args[0].split() if isinstance(args[0], (str, bytes)) else [args[0]]
+        return [hiredis_pack_command((*name, *args[1:]))]
+
+
+class _PackedConnection(_HiredisPacking, Connection):
+    pass
+
+
+class _PackedSSLConnection(_HiredisPacking, SSLConnection):
+    pass
+
+
+class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+def packed_connection_class(url: str) -> dict[str, Any]:
+    """`connection_class` for a reader at `url` when hiredis is installed (the same transport as the URL's)."""
+    if hiredis_pack_command is None:
+        return {}
+    scheme = urlsplit(url).scheme
+    kind = (
+        _PackedSSLConnection if scheme == "rediss" else _PackedUnixConnection if scheme == "unix" else _PackedConnection
+    )
+    return {"connection_class": kind}
 
 
 def _raw_reply(response: Any, **options: Any) -> Any:

@@ -152,6 +152,7 @@ async def measure(stack: BenchStack, requests: list[Request], shape: Shape, max_
     summary["commands_per_token"] = (command_calls(stack.redis_urls) - calls) / tokens
     summary["cpu_us_per_token"] = {name: 1e6 * cpu / tokens for name, cpu in sampler.cpu.items()}
     summary["cpu_pct"] = {name: 100 * cpu / sampler.elapsed for name, cpu in sampler.cpu.items()}
+    summary["runqueue_pct"] = {name: 100 * wait / sampler.elapsed for name, wait in sampler.waited.items()}
     summary["redis_connections"] = {name: n for name, n in sampler.connections.items() if n}
     # What serving costs: APIs, workers, Redis and nginx; not the load generator or the fake provider.
     serving = (cpu for name, cpu in sampler.cpu.items() if name not in ("client", "upstream", "memory", "direct"))

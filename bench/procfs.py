@@ -25,6 +25,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat):
+    a process that waits much more than it runs is starved by the machine's other load, not busy."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, IndexError):
+            total += int(task.read_text().split()[1])
+    return total / 1e9
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -86,13 +96,14 @@ def median(values: list[float]) -> float:
 
 class Sampler:
     """While a phase runs: each process's Redis connections and RSS every `interval` s, and its CPU seconds
-    over the phase (`cpu`); `elapsed` is the phase's wall time."""
+    (`cpu`) and seconds waiting for a CPU (`waited`) over the phase; `elapsed` is the phase's wall time."""
 
     def __init__(self, pids: dict[str, int], redis_ports: set[int], interval: float = 0.5) -> None:
         self.pids, self.ports, self.interval = pids, redis_ports, interval
         self.connections: dict[str, int] = dict.fromkeys(pids, 0)
         self.rss_kib: dict[str, int] = dict.fromkeys(pids, 0)
         self.cpu: dict[str, float] = {}
+        self.waited: dict[str, float] = {}
         self.elapsed = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -110,6 +121,7 @@ class Sampler:
     async def __aenter__(self) -> Sampler:
         self._started = time.monotonic()
         self.cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.waited = {name: runqueue_wait_s(pid) for name, pid in self.pids.items()}
         self._task = asyncio.ensure_future(self._loop())
         return self
 
@@ -120,3 +132,4 @@ class Sampler:
                 await self._task
         self.elapsed = time.monotonic() - self._started
         self.cpu = {name: cpu_seconds(pid) - self.cpu[name] for name, pid in self.pids.items()}
+        self.waited = {name: runqueue_wait_s(pid) - self.waited[name] for name, pid in self.pids.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -49,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run (results under bench/out/)")
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only this scenario")
+    parser.add_argument("--rounds", type=int, help="rounds per measurement (default 3, --quick 1)")
     args = parser.parse_args(argv)
     raise_fd_limit()
     plan = Plan.make(args.quick)
+    plan = dataclasses.replace(plan, rounds=args.rounds) if args.rounds else plan
     # Smoke runs never overwrite the committed results.
     results_dir = OUT / "quick" if args.quick else ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)

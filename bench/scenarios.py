@@ -124,7 +124,7 @@ async def idle_cpu(plan: Plan) -> Result:
 
 
 _LEVEL_HEADER = ["streams", "system", "tokens/s", "ratio", "TTFT p50 ms", "TTFT p99 ms", "gap p99 ms",
-                 "tokens/event", "commands/token", "worker CPU %", "API CPU %", "ok"]  # fmt: skip
+                 "tokens/event", "commands/token", "worker CPU / waiting %", "API CPU / waiting %", "ok"]  # fmt: skip
 
 
 async def _levels(name: str, levels: tuple[int, ...], rounds: int) -> Result:
@@ -140,7 +140,7 @@ async def _levels(name: str, levels: tuple[int, ...], rounds: int) -> Result:
             ratio = relay["tokens_per_s"] / base["tokens_per_s"]
             points.append({"streams": n, "baseline": base, "relay": relay, "ratio": ratio})
             for label, s in (("bare Starlette", base), ("sse-relay", relay)):
-                cpu = s.get("cpu_pct", {})
+                cpu = {k: _busy(s, k) for k in ("worker", "api")}
                 rows.append([n, label, s["tokens_per_s"], f"{ratio:.1%}" if s is relay else "", s["ttft_ms_p50"],
                              s["ttft_ms_p99"], s["gap_ms_p99"], s["tokens_per_event"], s.get("commands_per_token"),
                              cpu.get("worker"), cpu.get("api"), f"{s['ok']}/{n}"])  # fmt: skip
@@ -155,6 +155,13 @@ async def _levels(name: str, levels: tuple[int, ...], rounds: int) -> Result:
         "log_problems": problems,
         "tables": [table(title, _LEVEL_HEADER, rows)],
     }
+
+
+def _busy(summary: Result, name: str) -> str:
+    """'CPU % / runqueue wait %' of one process over a round (% of wall time): starved when the wait is large."""
+    if name not in summary.get("cpu_pct", {}):
+        return ""
+    return f"{summary['cpu_pct'][name]:.0f} / {summary['runqueue_pct'][name]:.0f}"
 
 
 async def throughput(plan: Plan) -> Result:
