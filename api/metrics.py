@@ -28,7 +28,10 @@ __all__ = [
 GENERATIONS_CREATED = Counter("sse_relay_generations_created_total", "Generations accepted by this API process")
 SSE_CLIENTS = Gauge("sse_relay_sse_clients", "SSE responses currently streaming from this process")
 SSE_BYTES = Counter("sse_relay_sse_bytes_total", "Bytes of SSE frames handed to clients")
-RESUMES = Counter("sse_relay_resumes_total", "Event requests that resumed from a Last-Event-ID (header or query)")
+RESUMES = Counter(
+    "sse_relay_resumes_total",
+    "Event requests that resumed: a Last-Event-ID (header or query), or the Responses API's starting_after",
+)
 REPLAYED = Counter(
     "sse_relay_replayed_events_total",
     "Events an event request sent that existed before it arrived: from the Redis stream, or rebuilt from the store",

@@ -86,6 +86,8 @@ async def retrieve_response(
     headers = {"X-Generation-Id": found.id}
     if not stream:
         return JSONResponse(response_object(facts), headers=headers)
+    if starting_after is not None:
+        metrics.RESUMES.inc()
     body = _events(services, facts, found.state, starting_after)
     return sse_response(services.settings, metrics.track_stream(body), headers)
 

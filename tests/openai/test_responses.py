@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from cli.embedded_redis import free_port
 from shared.keys import generation_keys
 from tests.openai.conftest import sdk
+from tests.support.metrics import scrape, value
 from tests.support.stack import Stack, _get_ok, wait_for
 
 TEXT = "Background text, resumed: 你好 🌍 — and a few more words to cut into pieces."
@@ -95,6 +96,8 @@ async def test_background_stream_drop_and_resume_on_another_instance(
 async def test_sequence_numbers_are_the_same_on_every_replay_and_from_the_stored_record(
     client: openai.AsyncOpenAI, openai_stack: Stack
 ) -> None:
+    metrics_url = f"{openai_stack.api_url}/metrics"
+    resumes = value(scrape(metrics_url), "sse_relay_resumes_total")
     created = await client.responses.create(model="demo@chunk=3,delay_ms=1", input=f"echo:{TEXT}", background=True)
     live = [e async for e in await client.responses.retrieve(created.id, stream=True)]
     again = [e async for e in await client.responses.retrieve(created.id, stream=True)]
@@ -124,6 +127,8 @@ async def test_sequence_numbers_are_the_same_on_every_replay_and_from_the_stored
     assert held_at(live, position) + text_of(tail) == TEXT and len(text_of(tail)) == 4
     assert numbers(tail) and min(numbers(tail)) > position and numbers(tail)[-1] == live[-1].sequence_number
     assert (await client.responses.retrieve(created.id)).output_text == TEXT
+    # The two retrieves with starting_after were resumes.
+    assert value(scrape(metrics_url), "sse_relay_resumes_total") == resumes + 2
 
 
 async def test_create_without_background_streams_or_answers_the_completed_response(client: openai.AsyncOpenAI) -> None:
