@@ -5,6 +5,7 @@ error and a worker SIGKILLed mid-generation (a `reset`)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -191,3 +192,19 @@ async def test_metrics_need_no_key_and_carry_no_secret_or_id(metrics_stack: Stac
         assert "sse_relay_" in text
         for secret in (metrics_stack.secret, "metrics-key", generation_id, "private words"):
             assert secret not in text
+
+
+async def test_a_worker_whose_metrics_port_is_taken_still_runs(metrics_stack: Stack) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**metrics_stack.env, "WORKER_METRICS_PORT": str(port), "WORKER_METRICS_HOST": "127.0.0.1"}
+        worker = metrics_stack.start("worker-port-taken", ["-m", "arq", "worker.main.WorkerSettings"], env=env)
+        try:
+            wait_for(lambda: "worker ready" in worker.log.read_text(errors="replace"), "the worker", worker)
+            log = worker.log.read_text(errors="replace")
+            assert f"worker metrics not served: port {port} is not available" in log
+            assert worker.popen.poll() is None
+        finally:
+            worker.stop()
