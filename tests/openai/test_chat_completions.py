@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -133,3 +135,29 @@ async def test_a_provider_failure_mid_stream_is_raised_by_the_sdk(client: openai
             text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
     assert raised.value.code == "upstream_unavailable"
     assert text == "0123456789ab"
+
+
+async def test_cancel_by_id_ends_the_stream_with_cancelled(client: openai.AsyncOpenAI, openai_stack: Stack) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model="demo@chunk=1,delay_ms=50", messages=[{"role": "user", "content": f"echo:{ANSWER}"}], stream=True
+    )
+    generation_id = raw.headers["x-generation-id"]
+    headers = {"Authorization": f"Bearer {CALLER_KEY}"}
+    text = ""
+    with pytest.raises(openai.APIError) as raised:
+        async for chunk in raw.parse():
+            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            if text and len(text) == 1:
+                async with openai_stack.client(headers=headers) as http:
+                    cancel = await http.post(f"/v1/generations/{generation_id}/cancel")
+                assert cancel.status_code in (200, 202)
+    assert raised.value.code == "cancelled"
+    assert ANSWER.startswith(text) and text != ANSWER
+
+
+async def test_an_idempotency_key_attaches_a_repeated_call_to_the_same_generation(client: openai.AsyncOpenAI) -> None:
+    headers = {"Idempotency-Key": "chat-once-1"}
+    messages: list[Any] = [{"role": "user", "content": "echo:once"}]
+    first = await client.chat.completions.create(model="demo@delay_ms=1", messages=messages, extra_headers=headers)
+    again = await client.chat.completions.create(model="demo@delay_ms=1", messages=messages, extra_headers=headers)
+    assert first.id == again.id and again.choices[0].message.content == "once"
