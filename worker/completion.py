@@ -20,6 +20,7 @@ from shared.webhooks import endpoints
 from worker import metrics
 from worker.deps import Deps
 from worker.publisher import Publisher, PublishRefused
+from worker.webhooks import UNPUBLISHED_GRACE_S
 
 log = logging.getLogger("sse_relay.worker")
 _SAVE_FIRST_DELAY_S = 0.2
@@ -66,7 +67,7 @@ async def finish(
     if published.outcome != "written":
         return published.outcome
     metrics.FINISHED.labels(end.status, end.code.value if end.code else "none").inc()
-    deps.webhooks_written()  # sent only now: before the terminal event the ending was not final
+    deps.webhooks_published(state.id)  # sent only now: before the terminal event the ending was not final
     await until_redis_answers(lambda: deps.generations.release(state.owner, state.id), f"releasing {state.id}")
     if end.status == "done" and state.request.on_complete:
         await run_on_complete(deps, state.id)
@@ -82,7 +83,7 @@ async def _save(deps: Deps, result: FinalResult) -> None:
     while True:
         tries += 1
         try:
-            await deps.store.save(result, endpoints(deps.settings))
+            await deps.store.save(result, endpoints(deps.settings), UNPUBLISHED_GRACE_S)
         except Exception as exc:
             log.warning(
                 "saving %s failed (try %d): %s; the terminal event waits, retrying in %.1f s",

@@ -26,6 +26,11 @@ class Deps:
     webhooks: Deliverer | None = None  # None when WEBHOOK_URLS is empty
 
     def webhooks_written(self) -> None:
-        """An ending with deliveries was stored: the delivery loop looks at once."""
+        """An ending with deliveries due now was stored: the delivery loop looks at once."""
         if self.webhooks is not None:
             self.webhooks.nudge()
+
+    def webhooks_published(self, generation_id: str) -> None:
+        """This worker published the ending: its deliveries go out now."""
+        if self.webhooks is not None:
+            self.webhooks.published(generation_id)

@@ -1,9 +1,11 @@
 """Webhook delivery loop (one asyncio task per worker): sends the due deliveries of ended generations, signed.
 
-Rows are written with the generation's record (shared/store/deliveries.py); a finished job nudges the loop,
-and a poll finds everything else (retries, rows left by a worker that died). A row is sent only once its
+Rows are written with the generation's record (shared/store/deliveries.py). The worker that publishes the
+ending hands the generation to its loop, which claims and sends its rows at once; a poll finds everything else
+(retries, rows written by the API or the reaper, rows left by a worker that died). A row is sent only once its
 generation's ending is final: an attempt that saved its record and died before publishing its terminal event
-is replaced by the next attempt's record, so the message always describes the ending clients saw.
+is replaced by the next attempt's record, so the message always describes the ending clients saw. Sends run as
+tasks of their own, so a slow endpoint holds up neither the loop nor the other endpoints.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from worker import metrics
 log = logging.getLogger("sse_relay.worker")
 
 _BATCH = 50
+# Sends in flight per worker: past it, due rows wait in the store for the next pass (or another worker).
+_MAX_SENDING = 200
+# Rows written with a record before its terminal event is published are due after this: normally the worker
+# sends them before (claim_fresh), and if it died in between, any worker's poll finds them then.
+UNPUBLISHED_GRACE_S = 10.0
 # An ending not final yet (its attempt died between record and terminal event): the job's next try settles it.
 _NOT_FINAL_WAIT_S = 5.0
 _STORE_AWAY_WAIT_S = 5.0
@@ -70,6 +77,8 @@ class Deliverer:
         self._http = httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
         self._nudged = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._fresh: set[str] = set()
+        self._sending: set[asyncio.Task[None]] = set()
 
     @property
     def targets(self) -> list[Endpoint]:
@@ -79,13 +88,25 @@ class Deliverer:
         self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self) -> None:
+        """Sends in flight are cancelled: each has used its attempt, and its lease lets any worker retry it."""
         if self._task is not None:
             await cancel_and_wait(self._task)
+        await cancel_and_wait(*self._sending)
         await self._http.aclose()
 
     def nudge(self) -> None:
-        """A generation ended here: look for its deliveries now rather than at the next poll."""
+        """Rows were written that are due now: look at once rather than at the next poll."""
         self._nudged.set()
+
+    def published(self, generation_id: str) -> None:
+        """This worker published the generation's terminal event: its rows are final, send them now."""
+        self._fresh.add(generation_id)
+        self._nudged.set()
+
+    async def drain(self) -> None:
+        """Waits for the sends in flight (tests; a pass only starts them)."""
+        while self._sending:
+            await asyncio.wait(set(self._sending))
 
     async def _loop(self) -> None:
         while True:
@@ -97,16 +118,28 @@ class Deliverer:
                 log.warning("webhook deliveries: %s; trying again in %.0f s", type(exc).__name__, _STORE_AWAY_WAIT_S)
                 await asyncio.sleep(_STORE_AWAY_WAIT_S)
                 continue
-            if sent >= _BATCH:
+            if sent >= _BATCH and len(self._sending) < _MAX_SENDING:
                 continue  # a backlog: the next batch at once
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudged.wait(), self.settings.webhook_poll_s)
 
     async def run_once(self) -> int:
-        """One pass: every due row whose ending is final is claimed and sent; -> how many were claimed."""
-        due = await self.deliveries.due(_BATCH)
+        """One pass: the rows of endings published here, then every due row whose ending is final, are claimed
+        and their sends started; -> how many were claimed."""
+        fresh, self._fresh = self._fresh, set()
+        # One claim and one read for all of them: a burst of endings costs two statements, not two each.
+        # If the store fails here, the rows become due after UNPUBLISHED_GRACE_S and the poll sends them.
+        claimed = await self.deliveries.claim_fresh(fresh, self._owner, self._lease)
+        records = await self.results.get_many({row.generation_id for row in claimed})
+        for row in claimed:
+            self._start(row, records.get(row.generation_id))
+        return len(claimed) + await self._run_due()
+
+    async def _run_due(self) -> int:
+        room = min(_BATCH, _MAX_SENDING - len(self._sending))
+        due = await self.deliveries.due(room) if room > 0 else []
         ready: dict[str, Ready] = {}
-        sends = []
+        started = 0
         for row in due:
             if row.generation_id not in ready:
                 ready[row.generation_id] = await self._ready(row.generation_id)
@@ -116,9 +149,21 @@ class Deliverer:
                 continue
             claimed = await self.deliveries.claim(row.id, self._owner, self._lease)
             if claimed is not None:
-                sends.append(self._attempt(claimed, found.record))
-        await asyncio.gather(*sends)
-        return len(sends)
+                self._start(claimed, found.record)
+                started += 1
+        return started
+
+    def _start(self, claimed: Claimed, record: GenerationRecord | None) -> None:
+        task = asyncio.ensure_future(self._attempt_logged(claimed, record))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _attempt_logged(self, claimed: Claimed, record: GenerationRecord | None) -> None:
+        try:
+            await self._attempt(claimed, record)
+        except Exception as exc:
+            # Its outcome could not be written (the store went away): the lease lapses and it is tried again.
+            log.warning("webhook %s: attempt %d not recorded: %s", claimed.id, claimed.attempt, type(exc).__name__)
 
     async def _ready(self, generation_id: str) -> Ready:
         record = await self.results.get(generation_id)

@@ -6,7 +6,7 @@ same rows on SQLite or PostgreSQL and each row still goes out once per attempt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -49,8 +49,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def add(session: AsyncSession, generation_id: str, targets: Sequence[Endpoint]) -> None:
-    """In the caller's transaction: one pending row per endpoint; a row that exists already stays as it is."""
+async def add(session: AsyncSession, generation_id: str, targets: Sequence[Endpoint], due_in: float = 0.0) -> None:
+    """In the caller's transaction: one pending row per endpoint, due in `due_in` seconds; a row that exists
+    already stays as it is."""
     if not targets:
         return
     now = _now()
@@ -62,7 +63,7 @@ async def add(session: AsyncSession, generation_id: str, targets: Sequence[Endpo
             "endpoint_host": target.host[:255],
             "status": "pending",
             "attempts": 0,
-            "next_attempt_at": now,
+            "next_attempt_at": now + timedelta(seconds=due_in),
             "created_at": now,
         }
         for target in targets
@@ -101,6 +102,24 @@ class DeliveryStore:
         )
         async with self._sessions.begin() as session:
             await session.execute(statement)
+
+    async def claim_fresh(self, generation_ids: Collection[str], owner: str, lease: timedelta) -> list[Claimed]:
+        """The rows not tried yet of generations whose worker has just published their ending, whenever they
+        are due; one statement for a whole burst of endings."""
+        if not generation_ids:
+            return []
+        now = _now()
+        row = WebhookDelivery
+        statement = (
+            update(row)
+            .where(row.generation_id.in_(list(generation_ids)), row.status == "pending", row.attempts == 0)
+            .where(_unleased(now))
+            .values(lease_until=now + lease, lease_owner=owner, attempts=row.attempts + 1)
+            .returning(row.id, row.generation_id, row.endpoint_key, row.endpoint_host, row.attempts)
+        )
+        async with self._sessions.begin() as session:
+            found = (await session.execute(statement)).all()
+        return [Claimed(r.id, r.generation_id, r.endpoint_key, r.endpoint_host, int(r.attempts)) for r in found]
 
     async def claim(self, delivery_id: str, owner: str, lease: timedelta) -> Claimed | None:
         """The right to make the next attempt, held until the lease lapses; counts the attempt at once (a

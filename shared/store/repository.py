@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -125,13 +125,14 @@ class ResultStore:
         self._sessions = sessions(engine)
         self.deliveries = deliveries.DeliveryStore(engine)
 
-    async def save(self, result: FinalResult, webhooks: Sequence[Endpoint] = ()) -> bool:
+    async def save(self, result: FinalResult, webhooks: Sequence[Endpoint] = (), webhooks_due_in: float = 0.0) -> bool:
         """Insert, or replace a record left by an older attempt; never overwrite a newer attempt's record.
 
         A stale attempt (its lease lost) may get here after the attempt that replaced it: the `attempts`
         guard keeps the row consistent with the terminal event that is actually published. The webhook
         deliveries of the ending are written in the same transaction, so no crash can keep the record and
-        lose them; the message is built from the record when it is sent.
+        lose them; the message is built from the record when it is sent. Written before the terminal event,
+        they are due only after `webhooks_due_in` (the worker sends them as soon as it has published it).
         """
         # Core insert: keyed by column name ("metadata"), not attribute name ("meta").
         columns = {attr.key: attr.columns[0].name for attr in GenerationRecord.__mapper__.column_attrs}
@@ -152,7 +153,7 @@ class ResultStore:
         )
         async with self._sessions.begin() as session:
             outcome = await session.execute(statement)
-            await deliveries.add(session, result.id, webhooks)
+            await deliveries.add(session, result.id, webhooks, webhooks_due_in)
         return bool(getattr(outcome, "rowcount", 0))
 
     async def ensure_webhooks(self, generation_id: str, webhooks: Sequence[Endpoint]) -> None:
@@ -167,6 +168,13 @@ class ResultStore:
     async def get(self, generation_id: str) -> GenerationRecord | None:
         async with self._sessions() as session:
             return await session.get(GenerationRecord, generation_id)
+
+    async def get_many(self, generation_ids: Collection[str]) -> dict[str, GenerationRecord]:
+        if not generation_ids:
+            return {}
+        statement = select(GenerationRecord).where(GenerationRecord.id.in_(list(generation_ids)))
+        async with self._sessions() as session:
+            return {record.id: record for record in (await session.execute(statement)).scalars()}
 
     async def list_owned(
         self, owner: str, status: str | None, before: tuple[datetime, str] | None, limit: int

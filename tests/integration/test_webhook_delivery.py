@@ -66,11 +66,18 @@ def counted(outcome: str) -> float:
     return REGISTRY.get_sample_value("sse_relay_webhook_deliveries_total", {"outcome": outcome}) or 0.0
 
 
+async def one_pass(deliverer: Deliverer) -> int:
+    """A pass, and the sends it started, to their end."""
+    started = await deliverer.run_once()
+    await deliverer.drain()
+    return started
+
+
 async def until_sent(deliverer: Deliverer, receiver: Receiver, generation_id: str, count: int) -> None:
     deadline = time.monotonic() + 10
     while len(receiver.of(generation_id)) < count:
         assert time.monotonic() < deadline, f"fewer than {count} requests for {generation_id}"
-        await deliverer.run_once()
+        await one_pass(deliverer)
         await asyncio.sleep(0.02)
 
 
@@ -83,7 +90,7 @@ async def test_a_retry_then_a_delivery_are_counted(deliverer: Deliverer, receive
     [row] = await deliverer.deliveries.of_generation(result.id)
     assert (row.status, row.attempts, row.last_status_code) == ("delivered", 2, 204)
     assert (counted("retried") - retried, counted("delivered") - delivered) == (1, 1)
-    assert await deliverer.run_once() == 0  # delivered: nothing more to send
+    assert await one_pass(deliverer) == 0  # delivered: nothing more to send
 
 
 async def test_attempts_stop_at_the_maximum_and_are_counted_failed(deliverer: Deliverer, receiver: Receiver) -> None:
@@ -95,8 +102,23 @@ async def test_attempts_stop_at_the_maximum_and_are_counted_failed(deliverer: De
     [row] = await deliverer.deliveries.of_generation(result.id)
     assert (row.status, row.attempts, row.last_status_code, row.last_error) == ("failed", 2, 500, "HTTP 500")
     assert counted("failed") - failed == 1
-    assert await deliverer.run_once() == 0
+    assert await one_pass(deliverer) == 0
     assert len(receiver.of(result.id)) == 2
+
+
+async def test_the_worker_that_published_an_ending_sends_it_before_it_is_due(
+    deliverer: Deliverer, receiver: Receiver
+) -> None:
+    result = final()
+    await deliverer.results.save(result, deliverer.targets, webhooks_due_in=3600)
+    assert await one_pass(deliverer) == 0  # written before the terminal event: not due for the poll
+    deliverer.published(result.id)
+    assert await one_pass(deliverer) == 1
+    [row] = await deliverer.deliveries.of_generation(result.id)
+    assert (row.status, row.attempts) == ("delivered", 1)
+    deliverer.published(result.id)  # told twice: nothing more to send
+    assert await one_pass(deliverer) == 0
+    assert len(receiver.of(result.id)) == 1
 
 
 async def test_an_ending_whose_terminal_event_is_not_published_waits(deliverer: Deliverer, receiver: Receiver) -> None:
@@ -106,7 +128,7 @@ async def test_an_ending_whose_terminal_event_is_not_published_waits(deliverer: 
     request = StoredRequest(messages=[{"role": "user", "content": "echo:x"}], model="demo")
     await deliverer.generations.create(result.id, request, {}, "alice")
     await deliverer.results.save(result, deliverer.targets)
-    assert await deliverer.run_once() == 0
+    assert await one_pass(deliverer) == 0
     [row] = await deliverer.deliveries.of_generation(result.id)
     assert row.status == "pending" and row.attempts == 0
     assert row.next_attempt_at.replace(tzinfo=UTC) > datetime.now(UTC)
@@ -117,7 +139,7 @@ async def test_a_removed_endpoint_fails_its_rows_without_a_request(deliverer: De
     result = final()
     gone = Endpoint.of("http://127.0.0.1:9/removed-since")
     await deliverer.results.save(result, [gone])
-    assert await deliverer.run_once() == 1
+    assert await one_pass(deliverer) == 1
     [row] = await deliverer.deliveries.of_generation(result.id)
     assert (row.status, row.last_error) == ("failed", "endpoint no longer configured")
 

@@ -113,3 +113,21 @@ async def _make_due(store: ResultStore, delivery_id: str) -> None:
     statement = update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(next_attempt_at=utcnow())
     async with store.engine.begin() as connection:
         await connection.execute(statement)
+
+
+async def test_claim_fresh_takes_untried_rows_of_many_generations_before_they_are_due(store: ResultStore) -> None:
+    first, second, tried = final(), final(), final()
+    for result in (first, second, tried):
+        await store.save(result, [A, B], webhooks_due_in=3600)
+    await _make_due(store, message_id(tried.id, A))
+    taken = await store.deliveries.claim(message_id(tried.id, A), "w0", LEASE)
+    assert taken is not None
+    assert await store.deliveries.settle(taken, "w0", Outcome(False, 500, "HTTP 500", utcnow()))
+
+    claimed = await store.deliveries.claim_fresh({first.id, second.id, tried.id}, "w1", LEASE)
+    # Every row not tried yet, due or not; the row with an attempt behind it keeps its retry schedule.
+    assert sorted(c.id for c in claimed) == sorted(
+        [message_id(g.id, e) for g in (first, second) for e in (A, B)] + [message_id(tried.id, B)]
+    )
+    assert all(c.attempt == 1 for c in claimed)
+    assert await store.deliveries.claim_fresh({first.id}, "w2", LEASE) == []  # leased now

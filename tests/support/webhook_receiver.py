@@ -30,6 +30,11 @@ class Received:
         return payload
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog (5) resets connections when a worker sends a burst of deliveries at once.
+    request_queue_size = 256
+
+
 class Receiver:
     """Answers `status` to everything, except that the first `fail_first` requests of each webhook-id get 500."""
 
@@ -39,7 +44,7 @@ class Receiver:
         self.fail_first = 0
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
