@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -100,6 +101,13 @@ class FinalResult:
         return values
 
 
+@functools.cache
+def _column_names() -> dict[str, str]:
+    """Attribute name -> column name of GenerationRecord, fixed once mapped: reading the mapper's column
+    attributes on every save was 5 % of a busy worker's CPU (py-spy, BENCHMARKS.md)."""
+    return {attr.key: attr.columns[0].name for attr in GenerationRecord.__mapper__.column_attrs}
+
+
 # Hook bookkeeping owned by claim_hook/finish_hook; save() never overwrites it.
 _HOOK_STATE = frozenset({"id", "hook_status", "hook_attempts", "hook_error", "hook_started_at"})
 
@@ -135,7 +143,7 @@ class ResultStore:
         they are due only after `webhooks_due_in` (the worker sends them as soon as it has published it).
         """
         # Core insert: keyed by column name ("metadata"), not attribute name ("meta").
-        columns = {attr.key: attr.columns[0].name for attr in GenerationRecord.__mapper__.column_attrs}
+        columns = _column_names()
         values = {columns[key]: value for key, value in result.row().items()}
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         table = cast(Table, GenerationRecord.__table__)
