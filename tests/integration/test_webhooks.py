@@ -25,6 +25,7 @@ from shared.config import Settings
 from shared.jobs import StoredRequest
 from shared.redis_client import streams_client
 from shared.state import Generations
+from tests.support.databases import postgres_database
 from tests.support.metrics import scrape, value
 from tests.support.scan import redis_dump
 from tests.support.sse import EventReader
@@ -245,3 +246,47 @@ async def test_deliveries_pending_when_the_worker_is_killed_are_sent_by_the_next
     assert {r.webhook_id for r in delivered} == {delivery["id"]}
     assert verify(SECRET, delivered[-1])["type"] == "generation.completed"
     assert "worker-2" in hook_stack.processes and hook_stack.processes["worker"].popen.returncode is not None
+
+
+@pytest.fixture(scope="module")
+async def pg_hook_stack(
+    redis_url: str, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    async with postgres_database() as database_url:
+        with running_stack(
+            redis_url,
+            tmp_path_factory.mktemp("webhook-pg-stack"),
+            DATABASE_URL=database_url,
+            WEBHOOK_URLS=receiver.url,
+            WEBHOOK_SECRET=SECRET,
+            WEBHOOK_RETRY_FIRST_S="0.2",
+            WEBHOOK_RETRY_MAX_S="0.5",
+            WEBHOOK_POLL_S="0.1",
+        ) as stack:
+            stack.start_worker("worker-2")
+            yield stack
+
+
+async def test_two_workers_on_postgresql_deliver_each_ending_once_and_each_retry_once(
+    pg_hook_stack: Stack, receiver: Receiver
+) -> None:
+    # Retries are found by both workers' polls: the claim lets exactly one of them send each attempt.
+    receiver.status, receiver.fail_first = 204, 1
+    async with pg_hook_stack.client() as client:
+        ids = [await start(client, prompt=f"echo:pg {i}", model="demo@delay_ms=0") for i in range(12)]
+        views = [await settled(client, generation_id) for generation_id in ids]
+    for generation_id, view in zip(ids, views, strict=True):
+        first, retry = receiver.of(generation_id)
+        assert first.webhook_id == retry.webhook_id == view["webhooks"][0]["id"]
+        assert verify(SECRET, retry)["data"]["id"] == generation_id
+        assert (view["webhooks"][0]["status"], view["webhooks"][0]["attempts"]) == ("delivered", 2)
+    logs = pg_hook_stack.logs()
+    assert (
+        sum(
+            f"msg_{generation_id}_" in line and "delivered to" in line
+            for line in logs.splitlines()
+            for generation_id in ids
+        )
+        == 12
+    )
+    assert "Traceback" not in logs
