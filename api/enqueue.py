@@ -6,11 +6,9 @@ import time
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
 
 from shared import lua, tracing
-from shared.jobs import JOB_FUNCTION, StoredRequest
+from shared.jobs import JOB_FUNCTION, StoredRequest, job_key, result_key, serialized_job
 from shared.keys import wake_key
 from shared.state import Generations
 
@@ -19,7 +17,7 @@ _WAKE_MAX = 64
 
 
 class Enqueuer:
-    """The producer side of the queue; the job's layout is arq's own (arq.jobs.serialize_job)."""
+    """The producer side of the queue; the job's layout is arq's own (shared/jobs.py)."""
 
     def __init__(self, generations: Generations, queue: ArqRedis, same_server: bool) -> None:
         self.generations = generations
@@ -42,7 +40,7 @@ class Enqueuer:
         # The trace context (W3C traceparent) rides in the job, so the worker's spans join the request's trace.
         trace = tracing.carrier()
         job_kwargs: dict[str, Any] = {"trace": trace} if trace else {}
-        job = serialize_job(JOB_FUNCTION, (generation_id,), job_kwargs, None, now_ms)
+        job = serialized_job(generation_id, now_ms, job_kwargs)
         if not self.same_server:
             if not await self.generations.admit(owner, generation_id):
                 return False
@@ -53,8 +51,8 @@ class Enqueuer:
         fields = self.generations.state_fields(request, metadata, owner, read_token_sha)
         keys = [
             self.generations.keys(generation_id).state,
-            job_key_prefix + generation_id,
-            result_key_prefix + generation_id,
+            job_key(generation_id),
+            result_key(generation_id),
             settings.queue_name,
             wake_key(settings.key_prefix),
         ]

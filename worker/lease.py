@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
+from shared.jobs import in_progress_key
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("sse_relay.worker")
@@ -71,5 +71,5 @@ class Leases:
         # stays covered and no second copy starts while this one is alive.
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.set(in_progress_key_prefix + job_id, b"1", px=self._lease_ms)
+                pipe.set(in_progress_key(job_id), b"1", px=self._lease_ms)
             await pipe.execute()

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
 from shared.errors import ErrorCode, error_code_of
+from shared.jobs import in_progress_key, job_key
 from shared.keys import active_key
 from shared.state import GenerationState
 from shared.store.repository import FinalResult
@@ -72,7 +72,7 @@ async def _check(deps: Deps, queue: Redis, active: str, generation_id: str, grac
 
 async def _job_exists(queue: Redis, generation_id: str) -> bool:
     # The arq job id is the generation id (api/enqueue.py). A running job's lease is its in-progress key.
-    return bool(await queue.exists(job_key_prefix + generation_id, in_progress_key_prefix + generation_id))
+    return bool(await queue.exists(job_key(generation_id), in_progress_key(generation_id)))
 
 
 async def _ensure_record(deps: Deps, state: GenerationState) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from arq.constants import result_key_prefix
 from redis.asyncio import Redis
+
+from shared.jobs import result_key
 
 
 async def job_ended(redis_url: str, generation_id: str, timeout: float = 15.0) -> None:
@@ -17,7 +18,7 @@ async def job_ended(redis_url: str, generation_id: str, timeout: float = 15.0) -
     redis = Redis.from_url(redis_url)
     deadline = time.monotonic() + timeout
     try:
-        while not await redis.exists(result_key_prefix + generation_id):
+        while not await redis.exists(result_key(generation_id)):
             assert time.monotonic() < deadline, f"the job of {generation_id} did not end"
             await asyncio.sleep(0.05)
     finally:
