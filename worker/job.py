@@ -47,33 +47,32 @@ async def run_generation(
     job that raises anything else, and nothing would then end its generation but the reaper's minute-ly pass.
     `trace`: the enqueuing request's trace context, the parent of this job's span.
     """
-    job_try = int(ctx.get("job_try", 1))
-    attributes = {"sse_relay.generation_id": generation_id, "sse_relay.job_try": job_try}
+    attributes = {"sse_relay.generation_id": generation_id}
     with tracing.span("sse_relay.generation", "CONSUMER", attributes, parent=trace) as current:
-        result = await _run_job(ctx, generation_id, job_try)
+        result = await _run_job(ctx, generation_id)
         tracing.set_attributes(current, {"sse_relay.outcome": result["status"]})
         return result
 
 
-async def _run_job(ctx: dict[str, Any], generation_id: str, job_try: int) -> dict[str, str]:
+async def _run_job(ctx: dict[str, Any], generation_id: str) -> dict[str, str]:
     deps: Deps = ctx["deps"]
     retry_later = Retry(defer=deps.settings.job_lease_s * 2)
     try:
         # Our own deadline, inside arq's (worker/main.py gives arq a margin): arq's would delete the job.
         async with asyncio.timeout(deps.settings.job_timeout_s):
             # The lease was set when the job was taken (worker/pickup.py) and is renewed until arq is done.
-            status = await _run(deps, generation_id, job_try, ctx.get("claims", {}))
+            status = await _run(deps, generation_id, ctx.get("claims", {}))
     except Retry:
         raise
     except TimeoutError:
         # Not ended in time (the store or Redis stayed away while it finished): the next try finds it ended
         # (then only a hook may be owed) or runs it again.
-        log.warning("generation %s: job timed out (try %d); it stays queued", generation_id, job_try)
+        log.warning("generation %s: job timed out; it stays queued", generation_id)
         raise retry_later from None
     except Exception as exc:
         # Redis refused a write (READONLY after a failover, OOM, a script error), or the store failed after the
         # terminal event: the same, later. A failure that persists uses up the tries and ends `worker_lost`.
-        log.error("generation %s: job failed (try %d): %s; it stays queued", generation_id, job_try, _name(exc))
+        log.error("generation %s: job failed: %s; it stays queued", generation_id, _name(exc))
         raise retry_later from None
     if status == "stale":
         metrics.LEASES_LOST.inc()
@@ -89,17 +88,18 @@ def _name(exc: BaseException) -> str:
     return f"{type(exc).__name__} {first}".strip()
 
 
-async def _run(deps: Deps, generation_id: str, job_try: int, claims: dict[str, Claim]) -> str:
-    # Claimed when the job was taken (worker/pickup.py), or now. Repeating a claim whose reply was lost only
-    # skips an attempt number.
+async def _run(deps: Deps, generation_id: str, claims: dict[str, Claim]) -> str:
+    # Claimed when the job was taken (worker/pickup.py), or now. The state's attempt, counted by each claim, is
+    # the one count of tries (arq's job_try only backs it up: arq's max_tries is one more). A claim whose reply
+    # was lost, and is repeated, counts as a try.
     claim = claims.pop(generation_id, None)
     if claim is None:
         claim = await until_redis_answers(lambda: deps.generations.claim(generation_id), f"claiming {generation_id}")
     if claim.outcome == "terminal":
-        # Finished by an earlier attempt (or cancelled while queued): only a hook may still be owed. Running
-        # again means the earlier try's lease lapsed: its worker is likely gone, maybe mid-hook.
+        # Finished by an earlier attempt (or cancelled while queued, attempt 0): only a hook may still be owed.
+        # Running after an attempt means that attempt's lease lapsed: its worker is likely gone, maybe mid-hook.
         await _ensure_webhooks(deps, generation_id)
-        await run_on_complete(deps, generation_id, after_lapse=job_try > 1)
+        await run_on_complete(deps, generation_id, after_lapse=claim.attempt > 0)
         return "terminal"
     state = claim.state
     if state is None:
@@ -113,7 +113,7 @@ async def _run(deps: Deps, generation_id: str, job_try: int, claims: dict[str, C
     if state.cancel_requested:
         # Cancelled while no worker ran it (its worker died): end it without calling the provider again.
         return await attempt.end(Ending("cancelled", ErrorCode.CANCELLED))
-    if job_try > deps.settings.job_max_tries:
+    if claim.attempt > deps.settings.job_max_tries:
         # The earlier tries died with their workers (lease lost each time): end it for good.
         return await attempt.end(Ending("error", ErrorCode.WORKER_LOST))
     return await attempt.run(claim.had_output)

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 from arq import Retry
-from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
 from shared.ids import new_generation_id, parse_stream_id
-from shared.jobs import StoredRequest
+from shared.jobs import StoredRequest, in_progress_key, job_key
 from shared.keys import active_key
 from shared.streams import read_range
 from tests.support.databases import allow_connections, postgres_database
@@ -41,8 +40,8 @@ async def _events(deps: Deps, generation_id: str) -> list[tuple[str, dict[str, A
     return [(entry_id, json.loads(raw)) for entry_id, raw in entries]
 
 
-def _ctx(deps: Deps, job_try: int) -> dict[str, Any]:
-    return {"deps": deps, "job_try": job_try, "claims": {}}
+def _ctx(deps: Deps) -> dict[str, Any]:
+    return {"deps": deps, "claims": {}}
 
 
 async def _active(deps: Deps, owner: str = "anonymous") -> list[str]:
@@ -59,7 +58,7 @@ async def test_a_redis_that_refuses_writes_leaves_the_job_retryable_and_the_reap
                 # Out of memory: Redis answers every write with an OOM error (not a connection error).
                 await admin.config_set("maxmemory", "1")
                 with pytest.raises(Retry):
-                    await run_generation(_ctx(deps, 1), generation_id)
+                    await run_generation(_ctx(deps), generation_id)
                 await admin.config_set("maxmemory", "0")
             finally:
                 await admin.aclose()
@@ -87,13 +86,13 @@ async def test_the_reaper_leaves_generations_whose_job_exists(redis_url: str, tm
     async with worker_deps(redis_url, f"sqlite+aiosqlite:///{tmp_path / 'store.db'}") as deps:
         queued, running = await _created(deps), await _created(deps)
         redis = deps.generations.redis
-        await redis.set(job_key_prefix + queued, b"job", px=60_000)
-        await redis.set(in_progress_key_prefix + running, b"1", px=60_000)
+        await redis.set(job_key(queued), b"job", px=60_000)
+        await redis.set(in_progress_key(running), b"1", px=60_000)
         try:
             assert (await reap(deps, redis, grace_s=0)).ended == 0  # type: ignore[arg-type]
             assert set(await _active(deps)) == {queued, running}
         finally:
-            await redis.delete(job_key_prefix + queued, in_progress_key_prefix + running)
+            await redis.delete(job_key(queued), in_progress_key(running))
 
 
 async def test_a_generation_that_ended_without_its_record_gets_one_from_the_reaper(
@@ -123,7 +122,7 @@ async def test_worker_lost_is_written_after_entries_from_a_clock_ahead_of_the_wo
         await deps.generations.redis.xadd(events_key, {"e": '{"type":"content","data":"a"}'}, id=ahead)
 
         # Its tries used up, the job ends the generation `worker_lost`.
-        assert await run_generation(_ctx(deps, 2), generation_id) == {"status": "error"}
+        assert await run_generation(_ctx(deps), generation_id) == {"status": "error"}
         events = await _events(deps, generation_id)
         assert [event["type"] for _, event in events] == ["content", "error"]
         terminal_id, terminal = events[-1]
@@ -142,16 +141,17 @@ async def test_a_store_outage_past_the_job_timeout_leaves_the_job_retryable(redi
         worker_deps(redis_url, database_url, job_max_tries=1, job_timeout_s=5) as deps,
     ):
         generation_id = await _created(deps)
+        await deps.generations.claim(generation_id)  # attempt 1, on a worker that then died: its tries are used up
         await allow_connections(database_url, False)
         try:
             started = time.monotonic()
             with pytest.raises(Retry):
-                await run_generation(_ctx(deps, 2), generation_id)
+                await run_generation(_ctx(deps), generation_id)
             assert time.monotonic() - started < 15
             assert await _events(deps, generation_id) == []
         finally:
             await allow_connections(database_url, True)
-        assert await run_generation(_ctx(deps, 3), generation_id) == {"status": "error"}
+        assert await run_generation(_ctx(deps), generation_id) == {"status": "error"}
         events = await _events(deps, generation_id)
         assert [event["code"] for _, event in events] == ["worker_lost"]
         record = await deps.store.get(generation_id)
