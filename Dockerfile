@@ -1,4 +1,4 @@
-# One image for both processes: the API (default CMD) and the arq worker (compose overrides the command).
+# One image for both processes: the API (default CMD) and the worker (`sse-relay worker`, compose's command).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,6 +19,7 @@ COPY worker ./worker
 COPY shared ./shared
 COPY cli ./cli
 COPY demo ./demo
+COPY sse_relay ./sse_relay
 
 # Installed as root into the system site-packages; the app user only needs to read it. With the OpenTelemetry
 # extra: tracing is then one environment variable away (OTEL_EXPORTER_OTLP_ENDPOINT), and off without it.

@@ -146,7 +146,7 @@ def run(host: str, port: int) -> int:
     try:
         ensure_redis(settings, stack, env)
         ensure_provider(settings, stack, env, port)
-        stack.start("worker", [sys.executable, "-m", "arq", "worker.main.WorkerSettings"], env)
+        stack.start("worker", [sys.executable, "-m", "cli.main", "worker"], env)
         stack.start(
             "api",
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),

@@ -6,7 +6,7 @@ import argparse
 import math
 from importlib.metadata import version
 
-from cli import dev, results
+from cli import dev, results, worker
 from sse_relay import cli as client_commands
 
 
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dev = commands.add_parser("dev", help="run Redis (if needed), the demo model (if no key), worker and API")
     run_dev.add_argument("--host", default="127.0.0.1")
     run_dev.add_argument("--port", type=int, default=8000)
+    run_worker = commands.add_parser("worker", help="run a worker: streams queued generations from the provider")
+    run_worker.add_argument("--check", action="store_true", help="exit 0 if a worker recorded its health lately")
     commands.add_parser("migrate", help="create or upgrade the result store's schema (DATABASE_URL)")
     run_purge = commands.add_parser("purge", help="delete stored results older than the retention")
     run_purge.add_argument("--older-than-days", type=_days, default=None, help="default: RESULT_RETENTION_DAYS")
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return client_commands.run(args)
     if args.command == "dev":
         return dev.run(args.host, args.port)
+    if args.command == "worker":
+        return worker.run(args.check)
     if args.command == "migrate":
         return results.migrate()
     if args.command == "purge":

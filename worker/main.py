@@ -1,17 +1,15 @@
-"""Worker entry point (`arq worker.main.WorkerSettings`): process start-up, shutdown, periodic sweeps, settings."""
+"""Worker settings and hooks (run by `sse-relay worker`, cli/worker.py): process start-up, shutdown, periodic sweeps."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import uvloop
 from arq import cron
 from arq.connections import RedisSettings
-from arq.worker import func
-from redis.asyncio import Redis
+from arq.worker import func, get_kwargs
 
 from shared import tracing
 from shared.config import get_settings
@@ -24,19 +22,19 @@ from shared.state import Generations
 from shared.store.db import make_engine
 from shared.store.migrate import upgrade
 from shared.store.repository import ResultStore
-from shared.tasks import cancel_and_wait
-from worker import metrics, pickup, resilience, wakeup
+from worker import metrics
 from worker.completion import run_on_complete
 from worker.deps import Deps
 from worker.job import run_generation
 from worker.lease import Leases
 from worker.reaper import reap
+from worker.relay import RelayWorker
 from worker.upstream import make_client
 from worker.webhooks import Deliverer
 
-wakeup.install()
-pickup.install()
-resilience.install()
+if TYPE_CHECKING:
+    from arq.typing import WorkerSettingsType
+
 # uvicorn runs the API on uvloop; the worker gets the same loop (arq would use the default one).
 uvloop.install()
 
@@ -54,11 +52,6 @@ async def startup(ctx: dict[str, Any]) -> None:
     if _settings.auto_migrate:
         await upgrade(engine)
     redis = streams_client(_settings)
-    # Its own connection: BLPOP holds it for seconds at a time.
-    wake_redis = Redis.from_url(_settings.redis_url, socket_timeout=None)
-    ctx["wake_redis"] = wake_redis
-    ctx["wake_task"] = asyncio.ensure_future(wakeup.listen(wake_redis, wake_key(_settings.key_prefix)))
-    ctx["claims"] = {}  # generation id -> Claim made with the job's take (worker/pickup.py)
     leases = ctx["leases"] = Leases(ctx["redis"], _settings.job_lease_s)
     leases.start()
     ctx["metrics"] = metrics.start(_settings, ctx["redis"], leases.count)
@@ -96,10 +89,6 @@ def _start_webhooks(store: ResultStore, generations: Generations) -> Deliverer |
 async def shutdown(ctx: dict[str, Any]) -> None:
     if "metrics" in ctx:
         await ctx["metrics"].stop()
-    task = ctx.get("wake_task")
-    if task is not None:
-        await cancel_and_wait(task)
-        await ctx["wake_redis"].aclose()
     deps: Deps | None = ctx.get("deps")
     if deps is None:
         return
@@ -178,3 +167,14 @@ class WorkerSettings:
     keep_result = 300
     # SIGTERM: give running generations time to finish before arq cancels and re-queues them.
     job_completion_wait = int(_settings.worker_shutdown_grace_s)
+
+
+def relay_worker() -> RelayWorker:
+    """The worker `sse-relay worker` runs: these settings, built into the subclass the way arq's run_worker does."""
+    kwargs: dict[str, Any] = get_kwargs(settings_type())
+    return RelayWorker(wake_key=wake_key(_settings.key_prefix), **kwargs)
+
+
+def settings_type() -> WorkerSettingsType:
+    # arq's protocol for a settings class declares instance attributes; this one's are class attributes.
+    return cast("WorkerSettingsType", WorkerSettings)

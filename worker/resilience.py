@@ -1,8 +1,7 @@
-"""arq's poll loop made to ride out a Redis outage instead of ending the worker process.
+"""arq's poll loop made to ride out a Redis outage instead of ending the worker process (worker/relay.py).
 
 arq's `Worker.main` lets any Redis error of a poll iteration escape, and the worker process exits. Its
-generations in flight are alive and waiting for Redis (their writes retry): the loop must live too. arq builds
-its Worker itself from the settings class, so the seam is the method, patched at import of worker.main.
+generations in flight are alive and waiting for Redis (their writes retry): the loop must live too.
 """
 
 from __future__ import annotations
@@ -10,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
 
-from arq.worker import Worker
 from redis.exceptions import WatchError
 
 from shared.metrics import REDIS_ERRORS
@@ -21,15 +17,15 @@ from shared.retry import TRANSIENT
 
 log = logging.getLogger("sse_relay.worker")
 
-# redis-py reports a connection lost during a WATCH (arq's cron enqueue, its own start_jobs) as a WatchError.
-_POLL_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, WatchError)
+# redis-py reports a connection lost during a WATCH (arq's cron enqueue) as a WatchError.
+POLL_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, WatchError)
 
 _FIRST_PAUSE_S = 0.1
 _MAX_PAUSE_S = 2.0
 _LOG_EVERY_S = 5.0
 
 
-class _Outage:
+class Outage:
     """Back-off and log throttling for one worker's poll loop while Redis is away."""
 
     def __init__(self) -> None:
@@ -52,27 +48,3 @@ class _Outage:
         if self.since is not None:
             log.info("Redis is back after %.1f s", time.monotonic() - self.since)
         self.pause_s, self.since = _FIRST_PAUSE_S, None
-
-
-_PollIteration = Callable[[Worker], Coroutine[Any, Any, None]]
-
-
-def _resilient(poll_iteration: _PollIteration) -> _PollIteration:
-    async def wrapper(self: Worker) -> None:
-        outage: _Outage = self.__dict__.setdefault("_sse_relay_outage", _Outage())
-        try:
-            await poll_iteration(self)
-        except _POLL_ERRORS as exc:
-            # Also a finished job's book-keeping (arq re-raises run_job's errors here): the job stays queued,
-            # and its next run finds the generation ended and only finishes the book-keeping.
-            await outage.failed(exc)
-        else:
-            outage.answered()
-
-    return wrapper
-
-
-def install() -> None:
-    if not getattr(Worker, "_sse_relay_patched", False):
-        Worker._poll_iteration = _resilient(Worker._poll_iteration)  # type: ignore[method-assign,assignment]
-        Worker._sse_relay_patched = True  # type: ignore[attr-defined]

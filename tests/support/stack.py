@@ -1,4 +1,4 @@
-"""Starts the real processes (fake upstream, arq worker, uvicorn API) for integration tests and stops them."""
+"""Starts the real processes (fake upstream, `sse-relay worker`, uvicorn API) for integration tests and stops them."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ import httpx
 from cli.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+# The `sse-relay worker` command (cli/main.py), and the same settings run by arq's own command line.
+WORKER = ["-m", "cli.main", "worker"]
+PLAIN_ARQ_WORKER = ["-m", "arq", "worker.main.WorkerSettings"]
 # Environment a test stack must not inherit (a developer's real key or endpoint).
 _SCRUB = ("OPENAI_API_KEY", "DASHSCOPE_API_KEY", "OPENAI_BASE_URL", "AI_MODEL_NAME", "QWEN_MODEL_NAME",
           "SSE_RELAY_API_KEYS", "STREAMS_REDIS_URL", "CORS_ALLOW_ORIGINS", "DATABASE_URL",
@@ -83,16 +86,16 @@ class Stack:
         self.start("upstream", ["-m", "demo.model", "--port", str(port)])
         wait_for(lambda: _get_ok(f"{self.upstream_url}/v1/models"), "the fake upstream", self.processes["upstream"])
 
-    def start_worker(self, name: str = "worker") -> Process:
-        process = self.launch_worker(name)
+    def start_worker(self, name: str = "worker", command: list[str] = WORKER) -> Process:
+        process = self.launch_worker(name, command)
         self.wait_worker_ready(name)
         return process
 
-    def launch_worker(self, name: str) -> Process:
+    def launch_worker(self, name: str, command: list[str] = WORKER) -> Process:
         """Starts a worker without waiting for it (see `wait_worker_ready`), its metrics on a free port."""
         port = self.metrics_ports[name] = free_port()
         env = {**self.env, "WORKER_METRICS_PORT": str(port)}
-        return self.start(name, ["-m", "arq", "worker.main.WorkerSettings"], env=env)
+        return self.start(name, command, env=env)
 
     def worker_metrics_url(self, name: str = "worker") -> str:
         return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"

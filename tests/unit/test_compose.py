@@ -29,7 +29,7 @@ NGINX_PORT = 8080
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
 # A whole value that is one `${VAR}` / `${VAR:-default}` / `${VAR-default}` / `${VAR:?msg}` interpolation.
 INTERPOLATION = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}$")
-APP_PACKAGES = ("api", "worker", "shared", "cli", "demo")
+APP_PACKAGES = ("api", "worker", "shared", "cli", "demo", "sse_relay")
 # `FROM python:3.11-slim [AS stage]`, optionally fully qualified.
 PYTHON_BASE = re.compile(r"(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)\S*(?:\s+AS\s+\S+)?", re.IGNORECASE)
 
@@ -134,8 +134,8 @@ def test_api_healthcheck_probes_readyz_on_the_container_port() -> None:
     assert "http://127.0.0.1:8000/readyz" in " ".join(test)
 
 
-def test_worker_healthcheck_runs_the_arq_health_check_for_its_settings() -> None:
-    assert _healthcheck_test(_service("worker"))[1:] == ["arq", "--check", "worker.main.WorkerSettings"]
+def test_worker_healthcheck_runs_the_worker_health_check() -> None:
+    assert _healthcheck_test(_service("worker"))[1:] == ["sse-relay", "worker", "--check"]
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -196,8 +196,8 @@ def test_nginx_runs_the_shipped_config_in_front_of_the_api_service() -> None:
     assert f"http://127.0.0.1:{NGINX_PORT}/healthz" in _healthcheck_test(nginx)
 
 
-def test_worker_command_runs_the_arq_worker_settings() -> None:
-    assert _command(_service("worker")) == ["arq", "worker.main.WorkerSettings"]
+def test_worker_command_runs_the_relay_worker() -> None:
+    assert _command(_service("worker")) == ["sse-relay", "worker"]
 
 
 def test_worker_gets_a_grace_period_to_finish_running_generations() -> None:

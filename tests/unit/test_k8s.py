@@ -76,7 +76,7 @@ def test_worker_termination_grace_outlasts_its_shutdown_grace(monkeypatch: pytes
 
 
 def test_worker_runs_the_worker_command() -> None:
-    assert _container("sse-relay-worker")["command"] == ["arq", "worker.main.WorkerSettings"]
+    assert _container("sse-relay-worker")["command"] == ["sse-relay", "worker"]
 
 
 def test_api_probes_hit_the_apps_real_health_routes_on_the_served_port() -> None:
