@@ -36,7 +36,12 @@ def digest(text: str) -> tuple[int, str]:
 
 
 def done(text: str, finish_reason: str | None, usage: dict[str, Any] | None) -> str:
-    length, sha256 = digest(text)
+    return done_of(digest(text), finish_reason, usage)
+
+
+def done_of(text_digest: tuple[int, str], finish_reason: str | None, usage: dict[str, Any] | None) -> str:
+    """`done` for a text whose digest the caller already has (the worker also stores it in the state)."""
+    length, sha256 = text_digest
     data = {"finish_reason": finish_reason, "usage": usage, "length": length, "sha256": sha256}
     return encode({"type": "done", "data": data})
 

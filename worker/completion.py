@@ -99,8 +99,9 @@ async def _save(deps: Deps, result: FinalResult) -> None:
 
 async def _publish_terminal(publisher: Publisher, result: FinalResult, text: str, end: Ending) -> PublishResult:
     if end.status == "done":
-        length, sha256 = events.digest(text)
-        payload = events.done(text, end.finish_reason, end.usage)
+        # Hashed once: a long answer's sha256 is the one costly step of the ending.
+        length, sha256 = text_digest = events.digest(text)
+        payload = events.done_of(text_digest, end.finish_reason, end.usage)
         fields = {
             "finish_reason": end.finish_reason or "",
             "usage": json.dumps(end.usage) if end.usage else "",

@@ -55,6 +55,12 @@ def test_done_length_counts_code_points_and_hashes_utf8_bytes() -> None:
     assert data["usage"] == {"total_tokens": 5}
 
 
+def test_done_of_a_digest_is_the_done_of_its_text() -> None:
+    text = "héllo 👋"
+    usage = {"total_tokens": 3}
+    assert events.done_of(events.digest(text), "stop", usage) == events.done(text, "stop", usage)
+
+
 def test_done_carries_null_finish_reason_and_usage() -> None:
     data = json.loads(events.done("", None, None))["data"]
     assert data == {
