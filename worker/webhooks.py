@@ -214,8 +214,12 @@ class Deliverer:
             "webhook-signature": self._signer.sign(claimed.id, datetime.fromtimestamp(sent_at, UTC), body),
         }
         try:
-            async with asyncio.timeout(self.settings.webhook_timeout_s):
-                response = await self._http.post(endpoint.url, content=body.encode(), headers=headers)
+            async with (
+                asyncio.timeout(self.settings.webhook_timeout_s),
+                # Streamed and never read: only the status counts, and a receiver's body could be any size.
+                self._http.stream("POST", endpoint.url, content=body.encode(), headers=headers) as response,
+            ):
+                pass
         except TimeoutError:
             return Outcome(False, None, "timeout")
         except httpx.HTTPError as exc:
