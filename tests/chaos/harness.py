@@ -5,6 +5,7 @@ and, in a short form, by `make test` (test_chaos.py)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import itertools
 import json
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource
 from redis.asyncio import Redis
+from standardwebhooks import Webhook
 
 from cli.embedded_redis import free_port
 from shared.ids import parse_stream_id
@@ -25,9 +27,12 @@ from tests.support.databases import postgres_database
 from tests.support.redis_server import OwnRedis, own_redis
 from tests.support.scan import redis_dump, store_dump
 from tests.support.stack import Stack, running_stack, wait_for
+from tests.support.webhook_receiver import Receiver
 
 API_KEY = "sk-caller-CHAOS-SENTINEL-0f3c"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"chaos-webhook-secret-0123456789ab").decode()
 TERMINAL = ("done", "error")
+WEBHOOK_TYPES = {"done": "generation.completed", "error": "generation.failed"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class ChaosReport:
     reconnects: int = 0
     create_retries: int = 0
     hooks_run: int = 0
+    webhooks_delivered: int = 0
+    webhook_redeliveries: int = 0
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -104,6 +111,9 @@ class ChaosReport:
             "client_reconnects": self.reconnects,
             "create_retries": self.create_retries,
             "on_complete_runs": self.hooks_run,
+            # At least once: a worker killed between the receiver's 2xx and its record sends it again.
+            "webhooks_delivered": self.webhooks_delivered,
+            "webhook_redeliveries": self.webhook_redeliveries,
             "invariant_violations": len(self.violations),
             "seconds": round(self.seconds, 1),
         }
@@ -112,9 +122,10 @@ class ChaosReport:
 class Cluster:
     """Two APIs and two workers of one stack, on a Redis of their own; processes to kill and bring back."""
 
-    def __init__(self, stack: Stack, redis: OwnRedis) -> None:
+    def __init__(self, stack: Stack, redis: OwnRedis, receiver: Receiver) -> None:
         self.stack = stack
         self.redis = redis
+        self.receiver = receiver
         self.api_ports = [int(stack.api_url.rsplit(":", 1)[1]), free_port()]
         self.generation = Counter[str]()
 
@@ -173,6 +184,9 @@ async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
     streams = {}
     if config.streams_nodes:
         streams["STREAMS_REDIS_URL"] = config.streams_nodes[0].replace("redis://", "redis+cluster://", 1)
+    # Every endpoint's first attempt of each message fails: every delivery goes through a retry, through the kills.
+    receiver = Receiver()
+    receiver.fail_first = 1
     async with postgres_database() as database_url:
         with own_redis(workdir / "redis") as redis, running_stack(
             redis.url,
@@ -184,11 +198,20 @@ async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
             # A hook claim left by a killed worker is taken over once its timeout is surely over.
             HOOK_TIMEOUT_S="2",
             UPSTREAM_MAX_RETRIES="2",
+            WEBHOOK_URLS=receiver.url,
+            WEBHOOK_SECRET=WEBHOOK_SECRET,
+            WEBHOOK_RETRY_FIRST_S="0.3",
+            WEBHOOK_RETRY_MAX_S="1",
+            WEBHOOK_POLL_S="0.2",
+            WEBHOOK_TIMEOUT_S="2",
         ) as stack:  # fmt: skip
-            cluster = Cluster(stack, redis)
+            cluster = Cluster(stack, redis, receiver)
             await asyncio.to_thread(cluster.start_second_api)
             stack.start_worker("worker-2")
-            return await _run(config, cluster, database_url, workdir)
+            try:
+                return await _run(config, cluster, database_url, workdir)
+            finally:
+                receiver.close()
 
 
 async def _run(config: ChaosConfig, cluster: Cluster, database_url: str, workdir: Path) -> ChaosReport:
@@ -321,6 +344,7 @@ async def _check(
             report.reconnects += outcome.reconnects
             report.create_retries += outcome.create_retries
     report.hooks_run = sum(completions.values())
+    report.violations += await _webhook_violations(cluster.receiver, outcomes, report)
     dumps = [await redis_dump(url) for url in (cluster.redis.url, *report.config.streams_nodes)]
     report.violations += _secret_violations(stack, outcomes, b"\n".join(dumps), await store_dump(database_url))
     report.violations += [f"process exited on its own: {name}" for name in cluster.dead_processes()]
@@ -359,6 +383,34 @@ async def _completions(workdir: Path, outcomes: list[Outcome]) -> dict[str, int]
     await asyncio.sleep(0.5)  # a second run would show up now
     lines = path.read_text().splitlines() if path.exists() else []
     return dict(Counter(line.split()[0] for line in lines))
+
+
+async def _webhook_violations(receiver: Receiver, outcomes: list[Outcome], report: ChaosReport) -> list[str]:
+    """Each ended generation reaches the endpoint under one webhook-id, verified, describing the ending its
+    client saw; the first attempt of each was refused, so each arrived at least twice."""
+    ended = [o for o in outcomes if not o.failure and o.events and o.events[-1][1]["type"] in TERMINAL]
+    for _ in range(300):
+        if all(len(receiver.of(o.generation_id)) >= 2 for o in ended):
+            break
+        await asyncio.sleep(0.1)
+    found: list[str] = []
+    for outcome in ended:
+        received = receiver.of(outcome.generation_id)
+        if len(received) < 2:
+            found.append(f"#{outcome.index}: {len(received)} webhook requests, not the refused one and its retry")
+            continue
+        report.webhooks_delivered += 1
+        report.webhook_redeliveries += len(received) - 2
+        if len({r.webhook_id for r in received}) != 1:
+            found.append(f"#{outcome.index}: {len({r.webhook_id for r in received})} webhook ids for one ending")
+        last = outcome.events[-1][1]
+        for request in received:
+            payload = Webhook(WEBHOOK_SECRET).verify(request.body, request.headers)
+            data = payload["data"]
+            if payload["type"] != WEBHOOK_TYPES[last["type"]] or (data["error"] or {}).get("code") != last.get("code"):
+                found.append(f"#{outcome.index}: webhook {payload['type']} {data['error']} after a {last['type']}")
+                break
+    return found
 
 
 def _outcome_label(outcome: Outcome) -> str:
@@ -415,7 +467,7 @@ def _shown_text(events: list[tuple[str, dict[str, Any]]]) -> str:
 def _secret_violations(stack: Stack, outcomes: list[Outcome], redis: bytes, store: str) -> list[str]:
     found: list[str] = []
     logs = stack.logs()
-    for secret in (stack.secret, API_KEY):
+    for secret in (stack.secret, API_KEY, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_")):
         places = {
             "an event or response": any(secret in w for o in outcomes for w in o.wire),
             "a log line": secret in logs,

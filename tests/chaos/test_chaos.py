@@ -1,5 +1,6 @@
 """The chaos suite in its short form (the full one is `make chaos`): every invariant holds for every generation
-while workers are SIGKILLed, APIs restarted, Redis restarted and the upstream fails in every way it can."""
+while workers are SIGKILLed, APIs restarted, Redis restarted and the upstream fails in every way it can, and
+every ending reaches the webhook endpoint (whose first answer to each message is a 500)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ async def test_every_generation_keeps_every_invariant_through_chaos(tmp_path_fac
 
     assert report.violations == [], summary
     assert report.generations == config.generations, summary
+    assert report.webhooks_delivered == config.generations, summary  # each ending reached the endpoint
     # The run really was chaotic: every process fault happened, most upstream faults were drawn.
     assert report.faults["worker SIGKILL"] == config.worker_kills
     assert report.faults["API restart (SIGTERM)"] == config.api_restarts
@@ -36,6 +38,7 @@ async def test_every_invariant_holds_with_the_streams_on_a_redis_cluster(
 
     assert report.violations == [], summary
     assert report.generations == config.generations, summary
+    assert report.webhooks_delivered == config.generations, summary  # each ending reached the endpoint
     assert report.faults["worker SIGKILL"] == config.worker_kills
     assert report.faults["API restart (SIGTERM)"] == config.api_restarts
     assert report.faults["Redis restart (SIGKILL)"] == config.redis_restarts

@@ -40,6 +40,7 @@ class Receiver:
 
     def __init__(self, port: int = 0) -> None:
         self.requests: list[Received] = []
+        self._by_generation: dict[str, list[Received]] = {}
         self.status = 204
         self.fail_first = 0
         self._seen: dict[str, int] = {}
@@ -72,14 +73,16 @@ class Receiver:
         return Handler
 
     def _answer(self, request: Received) -> int:
+        generation_id = str(request.data["id"])
         with self._lock:
             self.requests.append(request)
+            self._by_generation.setdefault(generation_id, []).append(request)
             seen = self._seen[request.webhook_id] = self._seen.get(request.webhook_id, 0) + 1
         return 500 if seen <= self.fail_first else self.status
 
     def of(self, generation_id: str) -> list[Received]:
         with self._lock:
-            return [r for r in self.requests if json.loads(r.body)["data"]["id"] == generation_id]
+            return list(self._by_generation.get(generation_id, []))
 
     async def wait_for(self, generation_id: str, count: int, timeout: float = 20.0) -> list[Received]:
         deadline = time.monotonic() + timeout
