@@ -21,7 +21,7 @@ from tests.support.hooks import KILL_MARKER
 from tests.support.jobs import job_ended
 from tests.support.metrics import Samples, scrape, total, value
 from tests.support.sse import Received, read_events, text_of
-from tests.support.stack import Stack, _get_ok, running_stack, wait_for
+from tests.support.stack import WORKER, Stack, _get_ok, running_stack, wait_for
 
 WORKERS = ("worker", "worker-2")
 
@@ -200,7 +200,7 @@ async def test_a_worker_whose_metrics_port_is_taken_still_runs(metrics_stack: St
         taken.listen()
         port = taken.getsockname()[1]
         env = {**metrics_stack.env, "WORKER_METRICS_PORT": str(port), "WORKER_METRICS_HOST": "127.0.0.1"}
-        worker = metrics_stack.start("worker-port-taken", ["-m", "arq", "worker.main.WorkerSettings"], env=env)
+        worker = metrics_stack.start("worker-port-taken", WORKER, env=env)
         try:
             wait_for(lambda: "worker ready" in worker.log.read_text(errors="replace"), "the worker", worker)
             log = worker.log.read_text(errors="replace")
