@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 log = logging.getLogger("sse_relay.tracing")
@@ -83,28 +84,27 @@ def carrier() -> dict[str, str]:
     return headers
 
 
-@contextlib.contextmanager
+# Off: one shared do-nothing context manager, not a generator-based one per call.
+_OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 def span(
     name: str,
     kind: str = "INTERNAL",
     attributes: Mapping[str, Any] | None = None,
     parent: Mapping[str, str] | None = None,
-) -> Iterator[Any]:
+) -> AbstractContextManager[Any]:
     """A span around a step (None when tracing is off); `parent`: a carrier from another process (the job's).
 
     An exception leaving the span is recorded on it, as the SDK does by default."""
     if not active():
-        yield None
-        return
+        return _OFF
     from opentelemetry import trace
     from opentelemetry.propagate import extract
 
     tracer = trace.get_tracer("sse_relay")
     context = extract(dict(parent)) if parent else None
-    with tracer.start_as_current_span(
-        name, context=context, kind=trace.SpanKind[kind], attributes=attributes
-    ) as current:
-        yield current
+    return tracer.start_as_current_span(name, context=context, kind=trace.SpanKind[kind], attributes=attributes)
 
 
 def set_attributes(current: Any, attributes: Mapping[str, Any]) -> None:
