@@ -68,6 +68,41 @@ async def test_subscriber_gets_backlog_then_live_entries_until_terminal(
     assert received == await read_range(redis, generations.keys(generation_id).events)
 
 
+class _CountingHub(StreamHub):
+    backlog_reads = 0
+
+    async def read_backlog(self, key: str, after: str) -> list[Entry]:
+        self.backlog_reads += 1
+        return await super().read_backlog(key, after)
+
+
+async def test_clients_joining_together_share_one_backlog_read_and_get_everything(redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, key_prefix="h" + uuid.uuid4().hex[:8], sse_read_block_ms=30_000)
+    streams = Redis.from_url(redis_url, decode_responses=True)
+    hub = _CountingHub(settings, streams, shards=1)
+    hub.start()
+    generations = Generations(streams, settings)
+    try:
+        generation_id, attempt = await _running(generations)
+        await generations.publish(generation_id, attempt, [events.content("a"), events.content("b")])
+        first: list[Entry] = []
+        early = asyncio.ensure_future(_collect(hub, generations, generation_id, "0-0", first))
+        async with asyncio.timeout(5):
+            while len(first) < 2:  # the reader has delivered both: the key's position is past them
+                await asyncio.sleep(0.01)
+        late = [asyncio.ensure_future(_collect(hub, generations, generation_id, "0-0")) for _ in range(50)]
+        async with asyncio.timeout(5):
+            while hub.backlog_reads == 0:
+                await asyncio.sleep(0.01)
+        await generations.publish(generation_id, attempt, [events.done("ab", "stop", None)], "done")
+        everything = await read_range(streams, generations.keys(generation_id).events)
+        assert all(got == everything for got in await asyncio.wait_for(asyncio.gather(early, *late), 5))
+        assert hub.backlog_reads == 1
+    finally:
+        await hub.stop()
+        await streams.aclose()
+
+
 async def test_subscribers_joining_at_random_moments_see_no_gap_and_no_duplicate(
     hub_setup: tuple[StreamHub, Generations, Redis],
 ) -> None:
