@@ -42,7 +42,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The benchmark suite (bench/, ~15 min on 2 cores; writes bench/results/). BENCH_ARGS="--quick" or "--only ttft".
+# The benchmark suite (bench/, ~30 min on 2 busy cores; writes bench/results/). BENCH_ARGS="--quick" or "--only ttft".
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
