@@ -159,6 +159,9 @@ class WorkerSettings:
     redis_settings.conn_retries = 60
     queue_name = _settings.queue_name
     health_check_key = worker_health_key(_settings.key_prefix)
+    # `sse-relay worker --check` trusts this key, which lives one interval + 1 s: arq's default interval (an
+    # hour) would report a dead worker healthy for an hour. One SET per 15 s is nothing for Redis.
+    health_check_interval = 15
     # LLM calls are I/O-bound: one process holds hundreds of concurrent generations.
     max_jobs = _settings.worker_max_jobs
     job_timeout = _settings.job_timeout_s + _ARQ_TIMEOUT_MARGIN_S

@@ -15,10 +15,11 @@ from datetime import datetime
 
 import httpx
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from shared.jobs import JOB_FUNCTION, in_progress_key
-from shared.keys import generation_keys
+from shared.keys import generation_keys, worker_health_key
 from tests.support.redis_server import OwnRedis, own_redis
 from tests.support.sse import EventReader, assert_well_formed, read_events, text_of
 from tests.support.stack import PLAIN_ARQ_WORKER, ROOT, WORKER, Stack, running_stack, wait_for
@@ -128,6 +129,9 @@ def test_the_health_check_command(slow_poll_stack: Stack) -> None:
     assert subprocess.run(check, env=slow_poll_stack.env, cwd=ROOT, capture_output=True).returncode == 0
     no_worker = {**slow_poll_stack.env, "SSE_RELAY_KEY_PREFIX": "nobody-here"}
     assert subprocess.run(check, env=no_worker, cwd=ROOT, capture_output=True).returncode == 1
+    # What the check reads lapses within seconds of the last worker's death (arq's default: an hour).
+    with SyncRedis.from_url(slow_poll_stack.env["REDIS_URL"]) as queue:
+        assert 0 < queue.ttl(worker_health_key(slow_poll_stack.prefix)) <= 16
 
 
 async def test_a_worker_never_starts_a_second_copy_of_its_running_job(stack: Stack, redis: Redis) -> None:
