@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         doc["scenarios"][name] = {**run_scenario(name, plan), "command": command}
         failed = failed or "error" in doc["scenarios"][name]
         doc["meta"] = report.machine_info()
-        # Saved after each scenario: a later crash keeps what was measured.
-        results_file.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+        # Saved after each scenario (in the suite's order): a later crash keeps what was measured.
+        results_file.write_text(json.dumps(doc, indent=1, default=str) + "\n")
         tables = report.write(doc, results_dir)
     for entry in doc["scenarios"].values():
         for name, measured, status in (entry.get("result") or {}).get("targets", []):

@@ -122,7 +122,7 @@ async def _read_events(reader: asyncio.StreamReader, headers: dict[str, str], st
     async for chunk in _chunks(reader, headers):
         now = time.perf_counter()
         # The relay and the baselines end lines with LF; CRLF is accepted too. A comment (ping) has no data.
-        *blocks, buffer = (buffer + chunk.replace(b"\r\n", b"\n")).split(b"\n\n")
+        *blocks, buffer = (buffer + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
         for block in blocks:
             data = b"\n".join(line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:"))
             if data:
