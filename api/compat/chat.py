@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.body import read_json
-from api.errors import ApiError, describe_validation
+from api.compat.body import openai_body
+from api.errors import ApiError
 from api.schemas import MAX_METADATA_BYTES
 from shared.jobs import StoredRequest
 from shared.messages import ChatMessage
@@ -106,17 +106,7 @@ class ChatCompletionCreate(BaseModel):
 
 async def chat_body(request: Request) -> ChatCompletionCreate:
     """FastAPI dependency: the validated body, or OpenAI's 400 naming the parameter at fault."""
-    payload = await read_json(request)
-    if not isinstance(payload, dict):
-        raise ApiError(400, "validation_error", "The request body must be a JSON object.")
-    try:
-        body = ChatCompletionCreate.model_validate(payload)
-    except ValidationError as exc:
-        errors = exc.errors()
-        param = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else None
-        raise ApiError(400, "validation_error", describe_validation(errors), param=param or None) from None
-    body.refuse_unsupported()
-    return body
+    return await openai_body(request, ChatCompletionCreate)
 
 
 class Completion:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.body import read_json
+from api.compat.body import openai_body
 from api.compat.continuity import End, Output, Piece
 from api.compat.errors import GENERATION_RESTARTED, RESTARTED_MESSAGE
-from api.errors import ApiError, describe_validation
+from api.errors import ApiError
 from shared.errors import SAFE_MESSAGES, error_code_of
 from shared.jobs import StoredRequest
 from shared.messages import ChatMessage
@@ -94,17 +94,7 @@ class ResponseCreate(BaseModel):
 
 async def response_body(request: Request) -> ResponseCreate:
     """FastAPI dependency: the validated body, or OpenAI's 400 naming the parameter at fault."""
-    payload = await read_json(request)
-    if not isinstance(payload, dict):
-        raise ApiError(400, "validation_error", "The request body must be a JSON object.")
-    try:
-        body = ResponseCreate.model_validate(payload)
-    except ValidationError as exc:
-        errors = exc.errors()
-        param = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else None
-        raise ApiError(400, "validation_error", describe_validation(errors), param=param or None) from None
-    body.refuse_unsupported()
-    return body
+    return await openai_body(request, ResponseCreate)
 
 
 # Our generation status -> the response's.
