@@ -15,6 +15,15 @@ _PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
     re.compile(r"(?i)([?&](?:token|access_token|api_key|key)=)[^&\s\"'#]+"),
 ]
+# The same query parameters in a bare query string (`token=...&x=1`, as a span's `url.query` holds it).
+_QUERY_SECRET = re.compile(r"(?i)((?:^|[?&])(?:token|access_token|api_key|key)=)[^&\s\"'#]+")
+
+
+def redact_query(url: str) -> str:
+    """A URL or query string with the values of its token and key parameters replaced by [redacted]."""
+    return _QUERY_SECRET.sub(lambda m: m.group(1) + "[redacted]", url)
+
+
 # Argument types whose %-formatting is their str(): redacting them one by one is the same as redacting the line.
 _PLAIN = (str, int, float, bool, type(None))
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
+from shared.logging import redact_query
+
 log = logging.getLogger("sse_relay.tracing")
 
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -69,8 +71,24 @@ def instrument_app(app: Any) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="/metrics,/healthz,/readyz", exclude_spans=["send", "receive"]
+        app,
+        excluded_urls="/metrics,/healthz,/readyz",
+        exclude_spans=["send", "receive"],
+        server_request_hook=_redact_url_attributes,
     )
+
+
+# Server span attributes that carry the request's query string, where a browser's read token travels.
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target", "url.query")
+
+
+def _redact_url_attributes(span: Any, scope: dict[str, Any]) -> None:
+    """Runs after the instrumentation set the span's attributes: `?token=` never reaches the exporter."""
+    attributes = getattr(span, "attributes", None) or {}
+    for name in _URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str):
+            span.set_attribute(name, redact_query(value))
 
 
 def carrier() -> dict[str, str]:

@@ -112,3 +112,19 @@ def test_without_an_endpoint_no_opentelemetry_sdk_is_imported() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_read_token_in_the_query_string_is_not_exported(traced: tuple[Stack, Receiver]) -> None:
+    """Browsers send the read token as `?token=`; the server span's URL attributes carry it redacted."""
+    stack, receiver = traced
+    trace_id, token = secrets.token_hex(16), "rt_" + secrets.token_hex(12)
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    async with stack.client() as client:
+        created = (await client.post("/v1/generations", json={"prompt": "echo:x", "background": True})).json()
+        view = await client.get(f"/v1/generations/{created['id']}?token={token}&x=1", headers=headers)
+    assert view.status_code == 200
+    spans = await spans_of(receiver, trace_id, {"GET /v1/generations/{generation_id}"})
+    server = one(spans, "GET /v1/generations/{generation_id}")
+    urls = [value for name, value in server.attributes.items() if name in ("http.url", "url.full", "url.query")]
+    assert urls and all("token=[redacted]" in str(url) and "x=1" in str(url) for url in urls)
+    assert token.encode() not in b"".join(receiver.bodies)
