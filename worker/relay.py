@@ -65,10 +65,10 @@ class RelayWorker(Worker):
             try:
                 score = await self._take(job_id)
             except BaseException:
-                self._release_sem_dec_counter_on_complete()  # Redis went away: give the slot back
+                self._give_back_slot()  # Redis went away
                 raise
             if not score:
-                self._release_sem_dec_counter_on_complete()
+                self._give_back_slot()
                 continue
             self._deps.leases.add(job_id)
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
@@ -106,6 +106,10 @@ class RelayWorker(Worker):
     def _finished(self, job_id: str, _: object) -> None:
         self._deps.leases.discard(job_id)
         self.claims.pop(job_id, None)  # arq did not run the function after all
+        self._give_back_slot()
+
+    def _give_back_slot(self) -> None:
+        # A listener that found the worker full sleeps until a slot comes back, whichever way it does.
         self._release_sem_dec_counter_on_complete()
         self._room.set()
 

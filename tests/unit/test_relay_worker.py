@@ -34,7 +34,7 @@ def test_the_pattern_finds_a_patch() -> None:
 
 
 def test_every_override_is_a_method_arq_defines_with_the_same_parameters() -> None:
-    own = {"__init__", "_deps", "_take", "_finished", "_listen"}
+    own = {"__init__", "_deps", "_take", "_finished", "_give_back_slot", "_listen"}
     overrides = {name for name, value in vars(RelayWorker).items() if callable(value) and name not in own}
     assert overrides == {"_poll_iteration", "start_jobs", "close"}
     for name in overrides:
