@@ -116,7 +116,7 @@ async def _lookup(generation_id: str, services: Services) -> Found:
     raise not_found(generation_id)
 
 
-def _owner(found: Found) -> str:
+def owner_of(found: Found) -> str:
     return found.state.owner if found.state else found.record.owner if found.record else ""
 
 
@@ -127,7 +127,7 @@ def _token_sha(found: Found) -> str | None:
 async def find_generation(generation_id: str, services: ServicesDep, caller: CallerDep) -> Found:
     """For the owner only (cancel, idempotent attach): another caller's id is a 404, never a 403."""
     found = await _lookup(generation_id, services)
-    if _owner(found) != caller:
+    if owner_of(found) != caller:
         raise not_found(generation_id)
     return found
 
@@ -143,7 +143,7 @@ async def readable_generation(
     if caller is None and token is None:
         raise _unauthorized()
     found = await _lookup(generation_id, services)
-    if caller is not None and _owner(found) == caller:
+    if caller is not None and owner_of(found) == caller:
         return found
     expected = _token_sha(found)
     if token is not None and expected and hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), expected):

@@ -13,11 +13,13 @@ from api.deps import (
     CallerDep,
     Found,
     GenerationDep,
+    OptionalCallerDep,
     ReadableDep,
     ServicesDep,
     caller_secret,
     find_generation,
     not_found,
+    owner_of,
 )
 from api.listing import list_generations
 from api.schemas import (
@@ -149,13 +151,16 @@ def _count_stored(entries: list[Entry]) -> None:
         metrics.RESETS.labels("replay_truncated").inc(resets)
 
 
-async def get_generation(services: ServicesDep, found: ReadableDep) -> GenerationView:
+async def get_generation(services: ServicesDep, found: ReadableDep, caller: OptionalCallerDep) -> GenerationView:
     state = found.state
     if state is None or state.terminal_id is not None:
         # Finished: the durable record is the source of truth (it also knows how on_complete went).
         record = found.record or await services.store.get(found.id)
         if record is not None:
-            return stored_view(record, await services.store.deliveries.of_generation(found.id))
+            # Webhook deliveries name the operator's endpoints: for the owner, not for a read token's holder.
+            owner = caller is not None and caller == owner_of(found)
+            deliveries = await services.store.deliveries.of_generation(found.id) if owner else []
+            return stored_view(record, deliveries)
     if state is None:
         raise not_found(found.id)
     folded = fold(await read_range(services.streams, services.generations.keys(state.id).events))

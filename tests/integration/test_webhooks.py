@@ -290,3 +290,28 @@ async def test_two_workers_on_postgresql_deliver_each_ending_once_and_each_retry
         == 12
     )
     assert "Traceback" not in logs
+
+
+@pytest.fixture(scope="module")
+def keyed_hook_stack(redis_url: str, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logdir = tmp_path_factory.mktemp("keyed-webhook-stack")
+    env = {"WEBHOOK_URLS": receiver.url, "WEBHOOK_SECRET": SECRET, "SSE_RELAY_API_KEYS": "owner-key-1234"}
+    with running_stack(redis_url, logdir, **env) as stack:
+        yield stack
+
+
+async def test_only_the_owner_sees_the_deliveries_a_read_token_does_not(
+    keyed_hook_stack: Stack, receiver: Receiver
+) -> None:
+    """Deliveries name the operator's endpoints: a browser holding only the read token gets the generation
+    without them."""
+    receiver.status, receiver.fail_first = 204, 0
+    owner = {"Authorization": "Bearer owner-key-1234"}
+    async with keyed_hook_stack.client(headers=owner) as client:
+        created = (await client.post("/v1/generations", json={"prompt": "echo:mine", "background": True})).json()
+        view = await settled(client, created["id"])
+    assert [w["status"] for w in view["webhooks"]] == ["delivered"]
+    async with keyed_hook_stack.client() as browser:
+        seen = await browser.get(f"/v1/generations/{created['id']}", params={"token": created["token"]})
+    assert seen.status_code == 200
+    assert (seen.json()["text"], seen.json()["webhooks"]) == ("mine", [])
