@@ -63,3 +63,15 @@ class Enqueuer:
         for name, value in fields.items():
             args += [name, value]
         return int(await self._combined(keys=keys, args=args)) != -1
+
+    async def ensure_job(self, generation_id: str) -> None:
+        """Enqueue a queued generation's job again, a no-op while arq holds it (same job id).
+
+        With queue and streams apart, creating takes separate writes: a request whose enqueue failed after the
+        state was written leaves a generation without a job, which its idempotent retry would attach to and
+        wait on until the reaper ended it `worker_lost`. On one server the state and the job are one script.
+        """
+        if self.same_server:
+            return
+        await self.queue.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+        await self._wake(keys=[wake_key(self.generations.settings.key_prefix)], args=[_WAKE_MAX, generation_id])

@@ -73,6 +73,8 @@ async def start_generation(
         print_ = fingerprint(request, metadata)
         existing = await _claim_idempotency(services, generation_id, caller, idempotency, print_)
         if existing is not None:
+            if existing.status == "queued":
+                await services.enqueuer.ensure_job(existing.id)
             return await _with_replayed_token(services, existing, caller_secret, idempotency)
         claim = _Claim(_idempotency_redis_key(services, caller, idempotency), f"{generation_id} {print_}")
     if idempotency is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -77,3 +78,52 @@ async def test_cancel_with_queue_and_streams_apart(split: tuple[Stack, httpx.Asy
     events = first + rest
     assert_well_formed(events)
     assert (events[-1].type, events[-1].data["code"]) == ("error", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def own_queue_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OwnRedis]]:
+    # Both servers of its own: the test takes the queue's away.
+    workdir = tmp_path_factory.mktemp("split-own-queue")
+    with (
+        own_redis(workdir / "queue") as queue_server,
+        own_redis(workdir / "streams") as streams_server,
+        running_stack(queue_server.url, workdir, STREAMS_REDIS_URL=streams_server.url) as stack,
+    ):
+        yield stack, queue_server
+
+
+async def test_a_retried_create_whose_first_enqueue_failed_still_runs(
+    own_queue_stack: tuple[Stack, OwnRedis],
+) -> None:
+    """Apart, creating writes the state on the streams server, then the job on the queue's. With the queue away
+    the first request writes the state and fails (503); its retry, with the same Idempotency-Key once the queue
+    is back, attaches to that generation, which must then get its job and run, not wait for the reaper."""
+    stack, queue_server = own_queue_stack
+    body = {"prompt": "echo:after the outage", "background": True}
+    headers = {"Idempotency-Key": "retry-after-queue-outage"}
+    async with stack.client() as client:
+        queue_server.kill()
+        try:
+            failed = await client.post("/v1/generations", json=body, headers=headers)
+        finally:
+            queue_server.start()
+        assert failed.status_code == 503, failed.text
+        retried = await _until_accepted(client, body, headers)
+        # Without its job the generation would wait a minute for the reaper: far past this.
+        async with asyncio.timeout(20), client.stream("GET", retried["events_url"]) as response:
+            events = await read_events(response)
+    assert_well_formed(events)
+    assert (events[-1].type, text_of(events)) == ("done", "after the outage")
+
+
+async def _until_accepted(
+    client: httpx.AsyncClient, body: dict[str, object], headers: dict[str, str]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        response = await client.post("/v1/generations", json=body, headers=headers)
+        if response.status_code in (200, 202):
+            created: dict[str, Any] = response.json()
+            return created
+        assert response.status_code == 503 and time.monotonic() < deadline, response.text
+        await asyncio.sleep(0.1)
