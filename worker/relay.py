@@ -80,7 +80,18 @@ class RelayWorker(Worker):
             await cancel_and_wait(self._listener)
             self._listener = None
         self._taker = None  # its scripts are registered on the pool arq closes now
-        await super().close()
+        try:
+            await super().close()
+        except POLL_ERRORS as exc:
+            # Redis went first (Ctrl-C reaches `sse-relay dev`'s embedded Redis too): arq's close stopped at
+            # deleting the health key, which expires by itself; the rest of its close must still run.
+            if self._pool is None:
+                raise
+            log.warning("shutdown: Redis unreachable (%s); the health key will expire", type(exc).__name__)
+            if self.on_shutdown:
+                await self.on_shutdown(self.ctx)
+            await self.pool.close(close_connection_pool=True)
+            self._pool = None
 
     @property
     def _deps(self) -> Deps:

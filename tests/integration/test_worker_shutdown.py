@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.redis_server import own_redis
 from tests.support.sse import EventReader, assert_well_formed, text_of
 from tests.support.stack import Stack, running_stack
 
@@ -58,3 +60,16 @@ async def test_sigterm_hands_a_long_generation_to_another_worker(graceful_stack:
     kinds = [e.type for e in events]
     assert kinds.count("reset") == 1 and kinds[-1] == "done"
     assert text_of(events) == text
+
+
+def test_a_worker_stopped_after_its_redis_went_away_shuts_down_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C on `sse-relay dev` reaches its embedded Redis too, which may exit first: the worker's close must
+    still run its shutdown (exit 0, no traceback) instead of failing on arq's health-key delete."""
+    with own_redis(tmp_path / "redis") as server, running_stack(server.url, tmp_path) as stack:
+        worker = stack.processes["worker"]
+        server.kill()
+        worker.stop(timeout=30)
+        log = worker.log.read_text(errors="replace")
+        assert worker.popen.returncode == 0, log[-3000:]
+        assert "Traceback" not in log
+        assert "the health key will expire" in log
