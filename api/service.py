@@ -12,11 +12,11 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from fastapi import Response
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
 from api import metrics
-from api.deps import Services
+from api.deps import Services, caller_secret
 from api.errors import ApiError
 from api.schemas import GenerationCreated
 from api.sse import START, frames, sse_response
@@ -26,7 +26,7 @@ from shared.errors import ErrorCode
 from shared.ids import new_generation_id
 from shared.jobs import StoredRequest
 from shared.keys import idempotency_key
-from shared.state import Status
+from shared.state import GenerationState, Status
 from shared.store.repository import FinalResult
 from shared.webhooks import endpoints
 
@@ -102,6 +102,20 @@ async def start_generation(
         )  # fmt: skip
     metrics.GENERATIONS_CREATED.inc()
     return Started(generation_id, "queued", new=True, token=token)
+
+
+async def start_from_openai(
+    services: Services,
+    http_request: Request,
+    caller: str,
+    request: StoredRequest,
+    metadata: dict[str, Any],
+    idempotency: str | None,
+) -> tuple[str, GenerationState | None]:
+    """An OpenAI-format request (chat completions, responses) started like any generation; -> its id and state."""
+    secret = caller_secret(http_request, services)
+    started = await start_generation(services, request, metadata, caller, idempotency or None, caller_secret=secret)
+    return started.id, await services.generations.get(started.id)
 
 
 def idempotent_read_token(caller_secret: str, idempotency: str, generation_id: str) -> str:

@@ -15,9 +15,9 @@ from api.compat.chat import ChatCompletionCreate, Completion, chat_body
 from api.compat.continuity import End, Output, Piece
 from api.compat.errors import failed_before_stream, in_stream_error
 from api.compat.source import final, outputs
-from api.deps import CallerDep, ServicesDep, caller_secret
+from api.deps import CallerDep, ServicesDep
 from api.schemas import ErrorBody
-from api.service import start_generation
+from api.service import start_from_openai
 from api.sse import sse_response
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -55,28 +55,26 @@ async def create_chat_completion(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     request = body.stored_request(services.settings.ai_model_name)
-    secret = caller_secret(http_request, services)
-    started = await start_generation(
-        services, request, body.metadata or {}, caller, idempotency_key or None, caller_secret=secret
+    generation_id, state = await start_from_openai(
+        services, http_request, caller, request, body.metadata or {}, idempotency_key
     )
-    state = await services.generations.get(started.id)
     created = int(state.created_at) if state is not None and state.created_at else 0
-    completion = Completion(started.id, created, request.model)
-    headers = {"X-Generation-Id": started.id}
+    completion = Completion(generation_id, created, request.model)
+    headers = {"X-Generation-Id": generation_id}
     if not body.stream:
-        folded = await final(services, started.id, state)
+        folded = await final(services, generation_id, state)
         terminal = folded.terminal or {}
         if terminal.get("type") != "done":
-            raise failed_before_stream(terminal, started.id)
+            raise failed_before_stream(terminal, generation_id)
         data: dict[str, Any] = terminal.get("data") or {}  # type: ignore[assignment]
         answer = completion.completion(folded.text, folded.reasoning, data.get("finish_reason"), data.get("usage"))
         return JSONResponse(answer, headers=headers)
-    stream = outputs(services, started.id, state)
+    stream = outputs(services, generation_id, state)
     # The first output decides the answer: an error before any text is an HTTP status the SDK maps.
     first = await anext(stream)
     if isinstance(first, End) and (first.event is None or first.event.get("type") != "done"):
         await stream.aclose()
-        raise failed_before_stream(first.event, started.id)
+        raise failed_before_stream(first.event, generation_id)
     frames = _frames(completion, first, stream, body.include_usage)
     return sse_response(services.settings, metrics.track_stream(frames), headers)
 

@@ -15,9 +15,9 @@ from api import metrics
 from api.compat.errors import failed_before_stream
 from api.compat.responses import Facts, ResponseCreate, Transcript, response_body, response_object
 from api.compat.source import entries, final, outputs
-from api.deps import CallerDep, GenerationDep, ReadableDep, Services, ServicesDep, caller_secret, not_found
+from api.deps import CallerDep, GenerationDep, ReadableDep, Services, ServicesDep, not_found
 from api.schemas import ErrorBody
-from api.service import save_cancelled, start_generation
+from api.service import save_cancelled, start_from_openai
 from api.sse import sse_response
 from shared.state import GenerationState
 from shared.store.models import GenerationRecord
@@ -55,24 +55,22 @@ async def create_response(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     request = body.stored_request(services.settings.ai_model_name)
-    secret = caller_secret(http_request, services)
-    started = await start_generation(
-        services, request, body.metadata or {}, caller, idempotency_key or None, caller_secret=secret
+    generation_id, state = await start_from_openai(
+        services, http_request, caller, request, body.metadata or {}, idempotency_key
     )
-    state = await services.generations.get(started.id)
-    facts = await _facts(services, started.id, state, None, with_text=not body.stream)
-    headers = {"X-Generation-Id": started.id}
+    facts = await _facts(services, generation_id, state, None, with_text=not body.stream)
+    headers = {"X-Generation-Id": generation_id}
     if body.stream:
         return sse_response(services.settings, metrics.track_stream(_events(services, facts, state, None)), headers)
     if body.background:
         facts.background = True
         return JSONResponse(response_object(facts), headers=headers)
-    folded = await final(services, started.id, state)
+    folded = await final(services, generation_id, state)
     terminal = folded.terminal or {}
     if terminal.get("type") != "done":
-        raise failed_before_stream(terminal, started.id)
-    ended = await services.generations.get(started.id)  # its request, for the parameters the answer echoes
-    return JSONResponse(response_object(await _facts(services, started.id, ended, None)), headers=headers)
+        raise failed_before_stream(terminal, generation_id)
+    ended = await services.generations.get(generation_id)  # its request, for the parameters the answer echoes
+    return JSONResponse(response_object(await _facts(services, generation_id, ended, None)), headers=headers)
 
 
 @router.get("/{generation_id}", responses=_RESPONSE_OR_STREAM, summary="Retrieve a response, or stream its events")
