@@ -1,16 +1,20 @@
-"""worker.upstream.classify and describe on real SDK, httpx/httpx2 and parsing exceptions."""
+"""worker.upstream.classify and describe on real SDK, httpx/httpx2, aiohttp and parsing exceptions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+from collections.abc import Awaitable, Callable
 
 import httpx
 import httpx2
 import openai
 import pytest
 
+from shared.config import Settings
 from shared.errors import ErrorCode
-from worker.upstream import classify, describe
+from worker.upstream import classify, describe, make_client
 
 URL = "http://x/v1/chat/completions"
 
@@ -131,3 +135,51 @@ def test_describe_ignores_a_provider_code_that_is_not_an_identifier() -> None:
 
 def test_describe_plain_exception_is_its_type_name() -> None:
     assert describe(RuntimeError("sk-secret123456")) == "RuntimeError"
+
+
+# The worker's own client (the SDK over its aiohttp transport) against real sockets: the transport maps every
+# aiohttp connection error to a connect timeout, and classify must still tell a dead provider from a slow one.
+
+
+async def _failure_of(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> Exception:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(openai_base_url=f"http://127.0.0.1:{port}/v1", upstream_max_retries=0)
+    client = make_client(settings.model_copy(update={"upstream_read_timeout_s": 0.3}))
+    try:
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    except Exception as exc:
+        return exc
+    finally:
+        await client.close()
+        server.close()
+    raise AssertionError("the request should have failed")
+
+
+async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+
+
+async def _say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    await asyncio.sleep(5)
+
+
+async def test_a_provider_that_hangs_up_is_unavailable() -> None:
+    assert classify(await _failure_of(_hang_up)) is ErrorCode.UPSTREAM_UNAVAILABLE
+
+
+async def test_a_provider_that_does_not_answer_in_time_is_a_timeout() -> None:
+    assert classify(await _failure_of(_say_nothing)) is ErrorCode.UPSTREAM_TIMEOUT
+
+
+async def test_a_refused_connection_is_unavailable() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = make_client(Settings(openai_base_url=f"http://127.0.0.1:{port}/v1", upstream_max_retries=0))
+    with pytest.raises(openai.APIConnectionError) as caught:
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    await client.close()
+    assert classify(caught.value) is ErrorCode.UPSTREAM_UNAVAILABLE
