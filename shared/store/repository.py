@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, and_, case, delete, or_, select, update
+from sqlalchemy import Executable, Table, and_, case, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -112,6 +112,28 @@ def _column_names() -> dict[str, str]:
 _HOOK_STATE = frozenset({"id", "hook_status", "hook_attempts", "hook_error", "hook_started_at"})
 
 
+@functools.cache
+def _upsert(dialect: str) -> Executable:
+    """save()'s statement, built once per dialect with the values as parameters: building it per save (its
+    `excluded` columns above all) was 5 % of a busy worker's CPU (py-spy, BENCHMARKS.md)."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = cast(Table, GenerationRecord.__table__)
+    statement = insert(table)
+    updates: dict[str, Any] = {
+        name: statement.excluded[name] for name in _column_names().values() if name not in _HOOK_STATE
+    }
+    # A hook that has started (running, ok, failed) keeps its state: a retried attempt's record must not
+    # re-arm it. Not started yet (pending, none): the new ending decides whether it is owed.
+    current = table.c.hook_status
+    started = current.in_(("running", "ok", "failed"))
+    updates["hook_status"] = case((started, current), else_=statement.excluded.hook_status)
+    return statement.on_conflict_do_update(
+        index_elements=["id"],
+        set_=updates,
+        where=GenerationRecord.attempts < statement.excluded.attempts,
+    )
+
+
 def _moment(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
@@ -145,22 +167,9 @@ class ResultStore:
         # Core insert: keyed by column name ("metadata"), not attribute name ("meta").
         columns = _column_names()
         values = {columns[key]: value for key, value in result.row().items()}
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        table = cast(Table, GenerationRecord.__table__)
-        statement = insert(table).values(**values)
-        updates: dict[str, Any] = {key: statement.excluded[key] for key in values if key not in _HOOK_STATE}
-        # A hook that has started (running, ok, failed) keeps its state: a retried attempt's record must not
-        # re-arm it. Not started yet (pending, none): the new ending decides whether it is owed.
-        current = table.c.hook_status
-        started = current.in_(("running", "ok", "failed"))
-        updates["hook_status"] = case((started, current), else_=statement.excluded.hook_status)
-        statement = statement.on_conflict_do_update(
-            index_elements=["id"],
-            set_=updates,
-            where=GenerationRecord.attempts < statement.excluded.attempts,
-        )
+        statement = _upsert(self.engine.dialect.name)
         async with self._sessions.begin() as session:
-            outcome = await session.execute(statement)
+            outcome = await session.execute(statement, values)
             await deliveries.add(session, result.id, webhooks, webhooks_due_in)
         return bool(getattr(outcome, "rowcount", 0))
 
