@@ -85,6 +85,10 @@ def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
         handler.filters = [f for f in handler.filters if not isinstance(f, RedactSecrets)]
         handler.addFilter(redactor)
     logging.getLogger("sse_relay").setLevel(level)
+    # The HTTP libraries log a line per request at INFO: the worker's own line says the same per generation,
+    # and theirs carries the provider's URL, which some providers' keys are part of.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def _every_handler() -> list[logging.Handler]:

@@ -1,4 +1,4 @@
-"""What the real processes write to their logs: no read token in uvicorn's access log, no line twice."""
+"""What the real processes write to their logs: no read token in the access log, no line twice, no HTTP noise."""
 
 from __future__ import annotations
 
@@ -42,3 +42,7 @@ async def test_a_worker_writes_each_arq_line_once(client: httpx.AsyncClient, sta
     wait_for(lambda: bool(lines("←")), "arq to log the job's end")  # its last line about this job
     assert len(lines("→")) == 1, lines("→")
     assert len(lines("←")) == 1, lines("←")
+    # The SDK's HTTP library logs nothing per provider request: the worker's own line about it is there.
+    text = worker_log.read_text()
+    assert f"generation {generation_id} [-] ended done" in text
+    assert "HTTP Request:" not in text
