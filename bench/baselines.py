@@ -17,12 +17,10 @@ from fastapi.responses import StreamingResponse
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 from starlette.applications import Starlette
-from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_MAX_EVENTS = 100_000
 
 
 def frame(payload: dict[str, Any], event_id: str | None = None) -> bytes:
@@ -32,14 +30,8 @@ def frame(payload: dict[str, Any], event_id: str | None = None) -> bytes:
 
 
 def done_payload(text: str, finish_reason: str | None) -> dict[str, Any]:
-    return {
-        "type": "done",
-        "data": {
-            "finish_reason": finish_reason,
-            "length": len(text),
-            "sha256": hashlib.sha256(text.encode()).hexdigest(),
-        },
-    }
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return {"type": "done", "data": {"finish_reason": finish_reason, "length": len(text), "sha256": digest}}
 
 
 # DIRECT: the seed's pattern, the provider's stream proxied inside the request, one client per process.
@@ -50,20 +42,16 @@ class DirectBody(BaseModel):
     model: str = "demo"
 
 
-_client: openai.AsyncOpenAI | None = None
-
-
 @asynccontextmanager
 async def _direct_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    global _client
-    _client = openai.AsyncOpenAI(
-        base_url=os.environ["BENCH_UPSTREAM_URL"] + "/v1", api_key=os.environ.get("OPENAI_API_KEY", "bench")
+    app.state.client = openai.AsyncOpenAI(
+        base_url=os.environ["BENCH_UPSTREAM_URL"] + "/v1",
+        api_key=os.environ.get("OPENAI_API_KEY", "bench"),
+        # The worker's transport (worker/upstream.py): relay minus DIRECT then measures the queue path only.
+        http_client=openai.DefaultAioHttpClient(),
     )
-    try:
+    async with app.state.client:
         yield
-    finally:
-        await _client.close()
-        _client = None
 
 
 direct_app = FastAPI(lifespan=_direct_lifespan)
@@ -76,8 +64,7 @@ async def direct_health() -> dict[str, str]:
 
 @direct_app.post("/v1/generations")
 async def direct_generate(body: DirectBody, request: Request) -> StreamingResponse:
-    client = _client
-    assert client is not None, "lifespan not run"
+    client: openai.AsyncOpenAI = request.app.state.client
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": body.prompt}]
 
     async def events() -> AsyncIterator[bytes]:
@@ -90,8 +77,7 @@ async def direct_generate(body: DirectBody, request: Request) -> StreamingRespon
                     if choice.delta.content:
                         text.append(choice.delta.content)
                         yield frame({"type": "content", "data": choice.delta.content})
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
+                    finish_reason = choice.finish_reason or finish_reason
         except openai.OpenAIError as exc:
             yield frame({"type": "error", "error": "upstream failed", "code": type(exc).__name__})
             return
@@ -101,35 +87,23 @@ async def direct_generate(body: DirectBody, request: Request) -> StreamingRespon
 
 
 # MEMORY: the same events from memory, paced like the fake upstream (a pause before each piece), no Redis.
-
-
-def _int_param(request: StarletteRequest, name: str, default: int, high: int) -> int:
-    try:
-        value = int(request.query_params.get(name, default))
-    except ValueError:
-        value = default
-    return max(0, min(value, high))
-
-
 # Start gates: a stream asked with `gate=R` sends nothing until POST /open?gate=R, so every client can be
 # connected before the first event (as with the relay, whose producer starts once all clients are in).
 _gates: dict[int, asyncio.Event] = {}
 
 
-def _gate(number: int) -> asyncio.Event:
-    return _gates.setdefault(number, asyncio.Event())
+def _param(request: Request, name: str, default: int) -> int:
+    return int(request.query_params.get(name, default))
 
 
-async def memory_stream(request: StarletteRequest) -> Response:
-    count = _int_param(request, "n", 50, _MAX_EVENTS)
-    size = max(1, _int_param(request, "size", 8, 65536))
-    delay_s = _int_param(request, "delay_ms", 20, 600_000) / 1000
-    gate = _int_param(request, "gate", 0, 1_000_000)
+async def memory_stream(request: Request) -> Response:
+    count, size, gate = _param(request, "n", 50), _param(request, "size", 8), _param(request, "gate", 0)
+    delay_s = _param(request, "delay_ms", 20) / 1000
     piece = ("abcdefgh" * (size // 8 + 1))[:size]
 
     async def events() -> AsyncIterator[bytes]:
         if gate:
-            await _gate(gate).wait()
+            await _gates.setdefault(gate, asyncio.Event()).wait()
         # Ids shaped like Redis stream ids, so frames have the relay's size.
         base_ms = int(time.time() * 1000)
         content = {"type": "content", "data": piece}
@@ -142,13 +116,13 @@ async def memory_stream(request: StarletteRequest) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
-async def memory_health(request: StarletteRequest) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
-async def memory_open(request: StarletteRequest) -> Response:
-    _gate(_int_param(request, "gate", 0, 1_000_000)).set()
+async def memory_open(request: Request) -> Response:
+    _gates.setdefault(_param(request, "gate", 0), asyncio.Event()).set()
     return JSONResponse({"status": "open"})
+
+
+async def memory_health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
 
 
 memory_app = Starlette(

@@ -1,4 +1,4 @@
-"""Shared by the scenarios: the load's shape, running many streams at once, what they got, one measured round."""
+"""Shared by the scenarios: the load's shape, running many streams at once, what they got and what it cost."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import itertools
 import os
 import re
 import signal
+import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from bench.procfs import Sampler, command_calls, median, percentile
+import redis
+
 from bench.sseclient import Request, Stream, fetch
 from bench.stack import BenchStack, host_port
 
@@ -25,6 +27,7 @@ Result = dict[str, Any]
 CONNECT_LIMIT = 256
 # perf_counter (the client's event times) -> wall clock (the fake upstream's send stamps, clock=1).
 WALL_OFFSET = time.time() - time.perf_counter()
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Case-sensitive: log levels are upper case, and "error" is also an ordinary word in the relay's info lines.
 _PROBLEM = re.compile(r"Traceback|\b(WARNING|ERROR|CRITICAL)\b|Exception|Too many open files")
 _VARYING = re.compile(r"gen_[0-9a-f]+|\d+")
@@ -48,18 +51,20 @@ class Shape:
     def model(self) -> str:
         return f"demo@chunk={self.size},delay_ms={self.delay_ms}" + (",clock=1" if self.clock else "")
 
+    @property
+    def prompt(self) -> str:
+        """The fake upstream echoes it back; ASCII text, so characters = bytes."""
+        return "echo:" + ("abcdefghijklmnopqrstuvwxyz0123456789" * (self.chars // 36 + 1))[: self.chars]
+
     def post(self, url: str, **extra: Any) -> Request:
-        """A relay (or DIRECT) request for this answer; ASCII text, so characters = bytes."""
-        text = ("abcdefghijklmnopqrstuvwxyz0123456789" * (self.chars // 36 + 1))[: self.chars]
-        host, port = host_port(url)
-        return Request.post_json(
-            host, port, "/v1/generations", {"prompt": f"echo:{text}", "model": self.model, **extra}
-        )
+        """A relay (or DIRECT) request for this answer."""
+        body = {"prompt": self.prompt, "model": self.model, **extra}
+        return Request.post_json(*host_port(url), "/v1/generations", body)
 
     def memory(self, url: str, gate: int = 0) -> Request:
         """The bare Starlette baseline's request for the same events (`gate`: held until POST /open?gate=N)."""
-        host, port = host_port(url)
-        return Request.get(host, port, f"/stream?n={self.chunks}&size={self.size}&delay_ms={self.delay_ms}&gate={gate}")
+        query = f"n={self.chunks}&size={self.size}&delay_ms={self.delay_ms}&gate={gate}"
+        return Request.get(*host_port(url), f"/stream?{query}")
 
 
 def scale_overrides(streams: int) -> dict[str, str]:
@@ -68,14 +73,136 @@ def scale_overrides(streams: int) -> dict[str, str]:
     return {"WORKER_MAX_JOBS": str(max(500, streams)), "MAX_CONCURRENT_PER_CALLER": str(max(100, streams * 2))}
 
 
-async def run_batch(requests: list[Request], *, max_seconds: float, record_times: bool = True) -> list[Stream]:
-    """All requests at once (connections opened CONNECT_LIMIT at a time), each to its end or its deadline."""
+# What a benchmark reads about running processes (/proc) and Redis servers (INFO commandstats).
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far (utime, stime of /proc/<pid>/stat); NaN once the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = raw[raw.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat):
+    a process that waits much more than it runs is starved by the machine's other load, not busy."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, IndexError):
+            total += int(task.read_text().split()[1])
+    return total / 1e9
+
+
+def rss_kib(pid: int) -> int:
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
+def tcp_connections(pid: int, remote_ports: set[int]) -> int:
+    """Established TCP connections of `pid` to any of `remote_ports`: its socket inodes found in
+    /proc/<pid>/net/tcp[6]. Exact per process, unlike CLIENT LIST (which cannot name the local process)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    inodes = set()
+    for entry in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):  # closed between listdir and readlink
+            if (target := os.readlink(fd_dir / entry)).startswith("socket:["):
+                inodes.add(target[8:-1])
+    markers = tuple(f":{port:04X} 01 " for port in remote_ports)  # remote address, then state ESTABLISHED
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as handle:
+            count += sum(1 for line in handle if any(m in line for m in markers) and line.split()[9] in inodes)
+    return count
+
+
+def command_calls(urls: list[str]) -> int:
+    """Commands run so far by the Redis servers at `urls` (INFO commandstats: a script call and every command
+    it runs inside count one each), INFO itself excepted."""
+    total = 0
+    for url in urls:
+        with redis.Redis.from_url(url) as client:
+            stats = cast(dict[str, dict[str, Any]], client.info("commandstats"))
+            total += sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_ping"))
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+class Sampler:
+    """While a phase runs: per process (all of the stack's and this client, or `pids`) its CPU seconds (`cpu`),
+    seconds waiting for a CPU (`waited`), and peak Redis connections, RSS and open fds (sampled every 0.5 s);
+    the commands the stack's Redis servers ran (`commands`); `elapsed` is the phase's wall time."""
+
+    def __init__(self, stack: BenchStack, pids: dict[str, int] | None = None) -> None:
+        self.stack, self.pids = stack, pids or {**stack.pids(), "client": os.getpid()}
+        self.connections, self.rss_kib, self.fds = ({n: 0 for n in self.pids} for _ in range(3))
+        self.cpu: dict[str, float] = {}
+        self.waited: dict[str, float] = {}
+        self.elapsed, self.commands = 0.0, 0
+
+    def percent(self, seconds: dict[str, float]) -> dict[str, float]:
+        """Seconds per process over the phase -> % of one core."""
+        return {name: 100 * value / self.elapsed for name, value in seconds.items()}
+
+    async def _sample(self) -> None:
+        while True:
+            for name, pid in self.pids.items():
+                with contextlib.suppress(OSError, StopIteration):
+                    self.connections[name] = max(self.connections[name], tcp_connections(pid, self.stack.redis_ports))
+                    self.rss_kib[name] = max(self.rss_kib[name], rss_kib(pid))
+                    self.fds[name] = max(self.fds[name], len(os.listdir(f"/proc/{pid}/fd")))
+            await asyncio.sleep(0.5)
+
+    async def __aenter__(self) -> Sampler:
+        self.commands = command_calls(self.stack.redis_urls)
+        self._started = time.monotonic()
+        self.cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.waited = {name: runqueue_wait_s(pid) for name, pid in self.pids.items()}
+        self._task = asyncio.ensure_future(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.elapsed = time.monotonic() - self._started
+        self.cpu = {name: cpu_seconds(pid) - self.cpu[name] for name, pid in self.pids.items()}
+        self.waited = {name: runqueue_wait_s(pid) - self.waited[name] for name, pid in self.pids.items()}
+        self.commands = command_calls(self.stack.redis_urls) - self.commands
+
+
+# Running streams and summing up what they got.
+
+
+def launch(requests: list[Request], max_seconds: float) -> tuple[list[Stream], asyncio.Future[list[Stream]]]:
+    """Starts every request (connections opened CONNECT_LIMIT at a time), each to its end or its deadline;
+    -> the live streams, and a future done when all are (cancel it to stop them)."""
     limit = asyncio.Semaphore(CONNECT_LIMIT)
-    streams = [Stream(record_times=record_times) for _ in requests]
-    await asyncio.gather(
-        *(fetch(r, s, max_seconds=max_seconds, connect_limit=limit) for r, s in zip(requests, streams, strict=True))
+    streams = [Stream(record_times=True) for _ in requests]
+    fetches = (
+        fetch(r, s, max_seconds=max_seconds, connect_limit=limit) for r, s in zip(requests, streams, strict=True)
     )
-    return streams
+    return streams, asyncio.gather(*fetches)
+
+
+async def run_batch(requests: list[Request], *, max_seconds: float) -> list[Stream]:
+    return await launch(requests, max_seconds)[1]
 
 
 async def wait_until(done: Callable[[], bool], within_s: float, interval: float = 0.1) -> None:
@@ -141,23 +268,22 @@ def lateness_ms(streams: list[Stream]) -> list[float]:
 
 
 async def measure(stack: BenchStack, requests: list[Request], shape: Shape, max_seconds: float) -> Result:
-    """One round of streams at once through the stack: the summary, Redis commands per token (INFO commandstats
-    of the stack's own servers), and per process CPU µs per token, % of a core and Redis connections."""
-    pids = {**stack.pids(), "client": os.getpid()}
-    calls = command_calls(stack.redis_urls)
-    async with profiled(stack, ("api", "worker")), Sampler(pids, stack.redis_ports) as sampler:
+    """One round of streams at once through the stack: the summary, Redis commands per token, and per process
+    CPU µs per token, % of a core (busy and waiting for a CPU) and Redis connections."""
+    async with profiled(stack, ("api", "worker")), Sampler(stack) as sampler:
         streams = await run_batch(requests, max_seconds=max_seconds)
     summary = summarize(streams, shape)
     tokens = max(1.0, summary["tokens"])
-    summary["commands_per_token"] = (command_calls(stack.redis_urls) - calls) / tokens
-    summary["cpu_us_per_token"] = {name: 1e6 * cpu / tokens for name, cpu in sampler.cpu.items()}
-    summary["cpu_pct"] = {name: 100 * cpu / sampler.elapsed for name, cpu in sampler.cpu.items()}
-    summary["runqueue_pct"] = {name: 100 * wait / sampler.elapsed for name, wait in sampler.waited.items()}
-    summary["redis_connections"] = {name: n for name, n in sampler.connections.items() if n}
     # What serving costs: APIs, workers, Redis and nginx; not the load generator or the fake provider.
     serving = (cpu for name, cpu in sampler.cpu.items() if name not in ("client", "upstream", "memory", "direct"))
-    summary["serving_cpu_us_per_token"] = 1e6 * sum(serving) / tokens
-    return summary
+    return summary | {
+        "commands_per_token": sampler.commands / tokens,
+        "cpu_us_per_token": {name: 1e6 * cpu / tokens for name, cpu in sampler.cpu.items()},
+        "cpu_pct": sampler.percent(sampler.cpu),
+        "runqueue_pct": sampler.percent(sampler.waited),
+        "redis_connections": {name: n for name, n in sampler.connections.items() if n},
+        "serving_cpu_us_per_token": 1e6 * sum(serving) / tokens,
+    }
 
 
 def medians(rounds: list[Result], *keys: str) -> Result:
@@ -181,8 +307,7 @@ def log_problems(stack: BenchStack, limit: int = 6) -> dict[str, list[str]]:
         examples: dict[str, str] = {}
         with contextlib.suppress(OSError), process.log.open(errors="replace") as handle:
             for line in filter(_PROBLEM.search, handle):
-                kind = _VARYING.sub("N", line.strip())
-                kinds[kind] += 1
+                kinds[kind := _VARYING.sub("N", line.strip())] += 1
                 examples.setdefault(kind, line.strip()[:300])
         if kinds:
             found[name] = [f"{count} x {examples[kind]}" for kind, count in kinds.most_common(limit)]

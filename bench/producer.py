@@ -1,13 +1,14 @@
-"""A cheap stand-in for the worker: appends real content/done events to many generations' streams, pipelined."""
+"""A cheap stand-in for the worker: appends real content/done events to many generations' streams, pipelined.
+
+`python -m bench.producer STREAMS EVENTS SIZE DELAY_MS PER_CALL` creates STREAMS generations, prints their ids
+(a JSON list), waits for `go` on stdin, then writes their events and prints a JSON summary."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -15,6 +16,9 @@ from redis.asyncio import Redis
 
 from shared import events, lua
 from shared.config import Settings
+from shared.ids import new_generation_id
+from shared.jobs import StoredRequest
+from shared.redis_client import streams_client
 from shared.state import Generations, Status
 
 # Script calls per pipeline: big enough to amortise the round trip, small enough that the first streams of a
@@ -32,6 +36,27 @@ class _Collect:
     async def __call__(self, keys: list[str], args: list[Any]) -> list[Any]:
         self.calls.append((keys, args))
         return [1, "", ""]  # "written": the real reply is read from the pipeline
+
+
+async def create(settings: Settings, n: int) -> list[str]:
+    """n generations created and claimed (attempt 1, running) with the service's own code, as the API (for the
+    anonymous caller, when auth is off) and the worker would."""
+    client = streams_client(settings, max_connections=8)
+    generations = Generations(client, settings)
+    request = StoredRequest(messages=[{"role": "user", "content": "bench"}], model="demo")
+    ids = [new_generation_id() for _ in range(n)]
+
+    async def one(generation_id: str) -> None:
+        await generations.create(generation_id, request, {}, "anonymous")
+        if (await generations.claim(generation_id)).outcome != "ok":
+            raise RuntimeError(f"claim of {generation_id} failed")
+
+    try:
+        for start in range(0, n, 100):
+            await asyncio.gather(*(one(i) for i in ids[start : start + 100]))
+    finally:
+        await client.aclose()
+    return ids
 
 
 def _collecting(redis: Redis, settings: Settings) -> tuple[Generations, _Collect]:
@@ -81,24 +106,16 @@ async def produce(
     return {"cpu_s": time.process_time() - cpu_started, "seconds": elapsed, "ticks": ticks, "refused": refused}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.producer", description=__doc__)
-    parser.add_argument("--ids", type=Path, required=True, help="JSON list of generation ids (created, claimed)")
-    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON summary")
-    parser.add_argument("--events", type=int, default=50)
-    parser.add_argument("--size", type=int, default=8)
-    parser.add_argument("--delay-ms", type=int, default=20)
-    parser.add_argument("--per-call", type=int, default=1)
-    args = parser.parse_args(argv)
+def main() -> int:
+    streams, count, size, delay_ms, per_call = map(int, sys.argv[1:6])
     settings = Settings()  # the stack's environment: Redis URL, key prefix, TTLs
-    ids = json.loads(args.ids.read_text())
-    # Started ahead and told when to go: interpreter start-up and imports stay out of the measured window.
-    print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
-        return 1
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(produce(settings, ids, args.events, args.size, args.delay_ms, args.per_call))
-    args.out.write_text(json.dumps(result))
+        ids = runner.run(create(settings, streams))
+        # Told when to go: interpreter start-up, imports and the set-up stay out of the measured window.
+        print(json.dumps(ids), flush=True)
+        if sys.stdin.readline().strip() != "go":
+            return 1
+        print(json.dumps(runner.run(produce(settings, ids, count, size, delay_ms, per_call))), flush=True)
     return 0
 
 

@@ -10,15 +10,21 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from bench.common import (
     Result,
+    Sampler,
     Shape,
+    cpu_seconds,
+    launch,
     log_problems,
     measure,
+    median,
     medians,
+    percentile,
     progress,
+    rss_kib,
     run_batch,
     scale_overrides,
     summarize,
@@ -26,10 +32,8 @@ from bench.common import (
     target,
     wait_until,
 )
-from bench.delivery import delivery
-from bench.procfs import command_calls, cpu_seconds, median, open_fds, percentile, rss_kib, tcp_connections
 from bench.sseclient import Request, Stream, fetch
-from bench.stack import BenchStack, bench_stack, host_port
+from bench.stack import ROOT, BenchStack, bench_stack, host_port
 
 STANDARD = Shape()  # 50 tokens of 8 characters, 20 ms apart: a fast provider
 SMALL = Shape(chunks=3, size=4, delay_ms=0)  # TTFT: the first token is all that is measured
@@ -54,9 +58,7 @@ class Plan:
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
-        if not quick:
-            return cls()
-        return cls(True, 1, 40, 5.0, 100, (10, 100), 400, 100, 5, 50, 40, 100)
+        return cls(True, 1, 40, 5.0, 100, (10, 100), 400, 100, 5, 50, 40, 100) if quick else cls()
 
 
 def deadline_s(streams: int, shape: Shape = STANDARD) -> float:
@@ -107,12 +109,10 @@ async def idle_cpu(plan: Plan) -> Result:
         await fetch(SMALL.post(stack.api_url), max_seconds=30)
         await fetch(SMALL.post(stack.urls["direct"]), max_seconds=30)
         await asyncio.sleep(3.0)  # lazy start-up work is not idle
-        pids = stack.pids()
-        before, calls = {n: cpu_seconds(p) for n, p in pids.items()}, command_calls(stack.redis_urls)
-        await asyncio.sleep(plan.idle_s)
-        pct = {n: 100 * (cpu_seconds(p) - before[n]) / plan.idle_s for n, p in pids.items()}
-        per_s = (command_calls(stack.redis_urls) - calls) / plan.idle_s
+        async with Sampler(stack, stack.pids()) as idle:
+            await asyncio.sleep(plan.idle_s)
         problems = log_problems(stack)
+    pct, per_s = idle.percent(idle.cpu), idle.commands / idle.elapsed
     rows = [[name, value] for name, value in pct.items()]
     return {
         "cpu_pct": pct,
@@ -140,28 +140,19 @@ async def _levels(name: str, levels: tuple[int, ...], rounds: int) -> Result:
             ratio = relay["tokens_per_s"] / base["tokens_per_s"]
             points.append({"streams": n, "baseline": base, "relay": relay, "ratio": ratio})
             for label, s in (("bare Starlette", base), ("sse-relay", relay)):
-                cpu = {k: _busy(s, k) for k in ("worker", "api")}
+                # 'CPU % / runqueue wait %' over the round: a process is starved when its wait is large.
+                busy = [f"{s['cpu_pct'][k]:.0f} / {s['runqueue_pct'][k]:.0f}" if k in s.get("cpu_pct", {}) else ""
+                        for k in ("worker", "api")]  # fmt: skip
                 rows.append([n, label, s["tokens_per_s"], f"{ratio:.1%}" if s is relay else "", s["ttft_ms_p50"],
                              s["ttft_ms_p99"], s["gap_ms_p99"], s["tokens_per_event"], s.get("commands_per_token"),
-                             cpu.get("worker"), cpu.get("api"), f"{s['ok']}/{n}"])  # fmt: skip
+                             *busy, f"{s['ok']}/{n}"])  # fmt: skip
             progress(f"{name} {n}: relay {relay['tokens_per_s']:.0f} tokens/s, {ratio:.1%} of the baseline")
             await asyncio.sleep(2.0)  # finished generations' bookkeeping settles before the next round
         problems = log_problems(stack)
-    top = [p for p in points if p["streams"] == max(levels)]
+    top = [p["ratio"] for p in points if p["streams"] == max(levels)]
     title = f"{name}: {STANDARD.chunks} tokens of {STANDARD.size} chars every {STANDARD.delay_ms} ms per stream"
-    return {
-        "points": points,
-        "median_ratio": median([p["ratio"] for p in top]),
-        "log_problems": problems,
-        "tables": [table(title, _LEVEL_HEADER, rows)],
-    }
-
-
-def _busy(summary: Result, name: str) -> str:
-    """'CPU % / runqueue wait %' of one process over a round (% of wall time): starved when the wait is large."""
-    if name not in summary.get("cpu_pct", {}):
-        return ""
-    return f"{summary['cpu_pct'][name]:.0f} / {summary['runqueue_pct'][name]:.0f}"
+    return {"points": points, "median_ratio": median(top), "log_problems": problems,
+            "tables": [table(title, _LEVEL_HEADER, rows)]}  # fmt: skip
 
 
 async def throughput(plan: Plan) -> Result:
@@ -176,38 +167,30 @@ async def curve(plan: Plan) -> Result:
     return await _levels("curve", plan.curve, 1)
 
 
-async def _hold(requests: list[Request], pid: int, redis_ports: set[int], watch_s: float) -> tuple[Result, list[Any]]:
-    """Opens every request, waits until each got an event, then checks that each keeps receiving while held."""
-    rss, fds, cpu = rss_kib(pid), open_fds(pid), cpu_seconds(pid)
-    limit = asyncio.Semaphore(256)
-    streams = [Stream() for _ in requests]
-    tasks = [
-        asyncio.ensure_future(fetch(r, s, max_seconds=900, connect_limit=limit))
-        for r, s in zip(requests, streams, strict=True)
-    ]
-    started = time.monotonic()
+async def _hold(
+    stack: BenchStack, requests: list[Request], name: str, watch_s: float
+) -> tuple[Result, asyncio.Future[list[Stream]]]:
+    """Opens every request to process `name`, waits until each got an event, then checks that each keeps
+    receiving while held; -> the numbers, and the streams still running."""
+    pid = stack.pid(name)
+    rss, cpu, started = rss_kib(pid), cpu_seconds(pid), time.monotonic()
+    streams, running = launch(requests, 900)
     await wait_until(lambda: all(s.events or s.ended is not None for s in streams), 180, 0.25)
-    connect_s = time.monotonic() - started
+    connect_s, ramp_cpu = time.monotonic() - started, cpu_seconds(pid) - cpu
     counts = [s.events if s.ended is None else 0 for s in streams]
-    held, peak_rss, peak_fds, redis_conns = time.monotonic(), rss, fds, 0
-    cpu_held = cpu_seconds(pid)
-    while time.monotonic() < held + watch_s:
-        peak_rss, peak_fds = max(peak_rss, rss_kib(pid)), max(peak_fds, open_fds(pid))
-        redis_conns = max(redis_conns, tcp_connections(pid, redis_ports))
-        await asyncio.sleep(0.5)
-    hold_cpu = 100 * (cpu_seconds(pid) - cpu_held) / (time.monotonic() - held)
-    receiving = sum(1 for s, c in zip(streams, counts, strict=True) if 0 < c < s.events and s.ended is None)
+    async with Sampler(stack, {name: pid}) as held:
+        await asyncio.sleep(watch_s)
     return {
         "clients": len(requests),
-        "receiving": receiving,
+        "receiving": sum(1 for s, c in zip(streams, counts, strict=True) if 0 < c < s.events and s.ended is None),
         "failed": sum(1 for s in streams if s.ended is not None),
         "seconds_to_connect_all": connect_s,
-        "rss_kib_per_client": (peak_rss - rss) / len(requests),
-        "hold_cpu_pct": hold_cpu,
-        "fds": peak_fds,
-        "redis_connections": redis_conns,
-        "ramp_cpu_pct": 100 * (cpu_held - cpu) / connect_s,
-    }, tasks
+        "rss_kib_per_client": (max(rss, held.rss_kib[name]) - rss) / len(requests),
+        "hold_cpu_pct": held.percent(held.cpu)[name],
+        "fds": held.fds[name],
+        "redis_connections": held.connections[name],
+        "ramp_cpu_pct": 100 * ramp_cpu / connect_s,
+    }, running
 
 
 async def many_clients(plan: Plan) -> Result:
@@ -223,26 +206,113 @@ async def many_clients(plan: Plan) -> Result:
         per = plan.clients // generations
         requests = [Request.get(host, port, f"/v1/generations/{i}/events") for i in ids for _ in range(per)]
         await asyncio.sleep(2.0)  # every generation is streaming before the clients arrive
-        relay, tasks = await _hold(requests, stack.pid("api"), stack.redis_ports, watch_s)
+        relay, running = await _hold(stack, requests, "api", watch_s)
         for generation_id in ids:
             await fetch(Request.post_json(host, port, f"/v1/generations/{generation_id}/cancel", {}), keep_body=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+            await asyncio.wait_for(running, 30)
         progress(f"many_clients: {relay['receiving']} of {plan.clients} receiving")
-        memory = [slow.memory(stack.urls["memory"])] * len(requests)
-        baseline, tasks = await _hold(memory, stack.pid("memory"), stack.redis_ports, watch_s)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        baseline, running = await _hold(stack, [slow.memory(stack.urls["memory"])] * len(requests), "memory", watch_s)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         problems = log_problems(stack)
-    rows = [[key, relay[key], baseline[key]] for key in relay]
     ok = relay["receiving"] == len(requests)
+    rows = [[key, relay[key], baseline[key]] for key in relay]
     return {
         "relay": relay,
         "baseline": baseline,
         "log_problems": problems,
         "tables": [table(f"many_clients on {generations} generations", ["", "sse-relay", "bare Starlette"], rows)],
         "targets": [target(f"{len(requests):,} SSE clients on one API process, all receiving", relay["receiving"], ok)],
+    }
+
+
+# delivery: what one API process delivers through Redis, fed by bench/producer.py (not the worker), against the
+# bare Starlette baseline serving the same events; every client connected before a start gate.
+MODES = {"paced": (Shape(50, 8, 20), 1), "max": (Shape(200, 8, 0), 10)}  # shape, events per producer call
+
+
+async def _gated(
+    stack: BenchStack, requests: list[Request], name: str, go: Callable[[], Awaitable[None]]
+) -> tuple[float, list[Stream], float]:
+    """Connects every request, then opens the gate (`go`) and measures from there: CPU seconds of `name`."""
+    streams, running = launch(requests, 300)
+    await wait_until(lambda: all(s.headers_at is not None or s.ended is not None for s in streams), 120)
+    await asyncio.sleep(0.5)  # the hub's readers have every key before the first event
+    async with Sampler(stack, {name: stack.pid(name)}) as sampler:
+        gate = time.perf_counter()
+        await go()
+        await running
+    return sampler.cpu[name], streams, gate
+
+
+async def _relay_round(stack: BenchStack, shape: Shape, per_call: int, n: int) -> Result:
+    args = map(str, [n, shape.chunks, shape.size, shape.delay_ms, per_call])
+    producer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.producer", *args, cwd=ROOT, env=stack.env, stdin=-1, stdout=-1
+    )
+    stdin, stdout = producer.stdin, producer.stdout
+    assert stdin is not None and stdout is not None
+    try:
+        ids = json.loads(await asyncio.wait_for(stdout.readline(), 120))  # created and claimed
+        host, port = host_port(stack.api_url)
+        requests = [Request.get(host, port, f"/v1/generations/{i}/events") for i in ids]
+
+        async def go() -> None:
+            stdin.write(b"go\n")
+            await stdin.drain()
+
+        cpu, streams, gate = await _gated(stack, requests, "api", go)
+        out, _ = await asyncio.wait_for(producer.communicate(), 60)
+    finally:
+        if producer.returncode is None:
+            producer.kill()
+            await producer.wait()
+    return {**summarize(streams, shape, gate), "server_cpu_s": cpu, "producer": json.loads(out)}
+
+
+async def _memory_round(stack: BenchStack, shape: Shape, n: int, gate: int) -> Result:
+    url = stack.urls["memory"]
+
+    async def go() -> None:
+        await fetch(Request.post_json(*host_port(url), f"/open?gate={gate}", {}), keep_body=True)
+
+    cpu, streams, started = await _gated(stack, [shape.memory(url, gate)] * n, "memory", go)
+    return {**summarize(streams, shape, started), "server_cpu_s": cpu}
+
+
+def _per_event(result: Result) -> float:
+    events = result["tokens"] / max(1e-9, result["tokens_per_event"])
+    return float(1e6 * result["server_cpu_s"] / max(1.0, events))
+
+
+async def delivery(plan: Plan) -> Result:
+    """Two modes: paced like the other scenarios, and as fast as each side can go; medians of the rounds."""
+    n, rounds, modes, rows, gate = plan.delivery_streams, plan.rounds, {}, [], 0
+    with bench_stack("delivery", workers=0, baselines=("memory",)) as stack:
+        for name, (shape, per_call) in MODES.items():
+            pairs = []
+            for index in range(rounds):
+                gate += 1
+                base = await _memory_round(stack, shape, n, gate)
+                relay = await _relay_round(stack, shape, per_call, n)
+                pairs.append({"baseline": base, "relay": relay, "ratio": relay["events_per_s"] / base["events_per_s"],
+                              "cpu_ratio": _per_event(base) / _per_event(relay)})  # fmt: skip
+                progress(f"delivery {name} round {index + 1}: {pairs[-1]['ratio']:.1%} of the baseline's events/s")
+            modes[name] = {"rounds": pairs, **medians(pairs, "ratio", "cpu_ratio")}
+            api, memory = (sorted(_per_event(p[k]) for p in pairs)[len(pairs) // 2] for k in ("relay", "baseline"))
+            rows.append(
+                [name, shape.chunks, shape.delay_ms, modes[name]["ratio"], modes[name]["cpu_ratio"], api, memory]
+            )
+        problems = log_problems(stack)
+    header = ["mode", "events", "delay ms", "events/s vs bare", "server CPU ratio", "API µs/event", "bare µs/event"]
+    ratio = modes["max"]["ratio"]
+    name = "one API process delivers >= 60 % of bare Starlette's events/s (`delivery`, max rate)"
+    return {
+        "modes": modes,
+        "log_problems": problems,
+        "tables": [table(f"delivery: {n} streams, one API process, medians of {rounds} round(s)", header, rows)],
+        "targets": [target(name, f"{ratio:.1%}", ratio >= 0.6)],
     }
 
 
@@ -268,32 +338,28 @@ async def batching(plan: Plan) -> Result:
                      relay["lateness_ms_p50"], relay["lateness_ms_p99"], relay["commands_per_token"],
                      relay["tokens_per_s"], f"{relay['ok']}/{n}"])  # fmt: skip
         progress(f"batching {load} COALESCE_MS={window}: {relay['tokens_per_event']:.2f} tokens/event")
-    light = points[0]["relay"]
-    light_target = target(
-        "light load: ~1 token per event (`batching`, adaptive)",
-        light["tokens_per_event"],
-        light["tokens_per_event"] <= 1.5,
-    )
+    light = points[0]["relay"]["tokens_per_event"]
     header = ["load", "streams x tokens/s", "COALESCE_MS", "tokens/event", "lateness p50 ms", "lateness p99 ms",
               "Redis commands/token", "tokens/s", "ok"]  # fmt: skip
     return {
         "points": points,
         "tables": [table("batching: adaptive (0) vs fixed window (150)", header, rows)],
-        "targets": [light_target],
+        "targets": [target("light load: ~1 token per event (`batching`, adaptive)", light, light <= 1.5)],
     }
 
 
-async def _sdk_loop(stack: BenchStack, shape: Shape, streams: int) -> Result:
-    text = ("abcdefghijklmnopqrstuvwxyz0123456789" * (shape.chars // 36 + 1))[: shape.chars]
-    command = ["-m", "bench.sdk_loop", f"{stack.upstream_url}/v1", shape.model, f"echo:{text}", str(streams)]
-    process = await asyncio.create_subprocess_exec(sys.executable, *command, env=stack.env, stdout=-1)
+async def _sdk_loop(stack: BenchStack, shape: Shape, streams: int, transport: str) -> Result:
+    args = [f"{stack.upstream_url}/v1", shape.model, shape.prompt, str(streams), transport]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.sdk_loop", *args, env=stack.env, stdout=-1
+    )
     out, _ = await asyncio.wait_for(process.communicate(), 300)
-    result: Result = json.loads(out)
-    return result
+    return cast(Result, json.loads(out))
 
 
 async def cost(plan: Plan) -> Result:
-    """Worker CPU per token vs a plain asyncio loop over the SDK's typed stream, same upstream, alternately.
+    """Worker CPU per token vs a plain asyncio loop over the SDK's typed stream, same upstream, alternately; the
+    loop on the SDK's default HTTP client (the target's baseline) and on its aiohttp transport (the worker's).
     The worker's CPU covers everything it does for a generation (pick-up, Redis writes, the stored result)."""
     shape = Shape(chunks=500, size=4, delay_ms=5)
     n, rounds, rows = plan.cost_streams, [], []
@@ -301,32 +367,35 @@ async def cost(plan: Plan) -> Result:
         request = shape.post(stack.api_url)
         await run_batch([request] * 20, max_seconds=60)
         for index in range(plan.rounds):
-            sdk = await _sdk_loop(stack, shape, n)
+            sdk, aiohttp = [await _sdk_loop(stack, shape, n, transport) for transport in ("default", "aiohttp")]
             relay = await measure(stack, [request] * n, shape, 300)
             worker = 1e6 / relay["cpu_us_per_token"]["worker"]
-            ratio = worker / (sdk["tokens"] / sdk["cpu_s"])
-            rounds.append({"sdk": sdk, "relay": relay, "worker_tokens_per_cpu_s": worker, "ratio": ratio})
-            rows.append(
-                [index + 1, worker, sdk["tokens"] / sdk["cpu_s"], ratio, relay["tokens_per_event"], relay["ok"]]
+            ratio, ratio_aiohttp = (
+                worker / (sdk["tokens"] / sdk["cpu_s"]),
+                worker / (aiohttp["tokens"] / aiohttp["cpu_s"]),
             )
-            progress(f"cost round {index + 1}: worker / SDK loop {ratio:.2f}")
+            rounds.append({"sdk": sdk, "sdk_aiohttp": aiohttp, "relay": relay, "worker_tokens_per_cpu_s": worker,
+                           "ratio": ratio, "ratio_aiohttp": ratio_aiohttp})  # fmt: skip
+            rows.append([index + 1, worker, sdk["tokens"] / sdk["cpu_s"], ratio, aiohttp["tokens"] / aiohttp["cpu_s"],
+                         ratio_aiohttp, relay["tokens_per_event"], relay["ok"]])  # fmt: skip
+            progress(
+                f"cost round {index + 1}: worker / SDK loop {ratio:.2f}, / SDK loop on aiohttp {ratio_aiohttp:.2f}"
+            )
         problems = log_problems(stack)
     ratio = median([r["ratio"] for r in rounds])
-    header = ["round", "worker tokens/CPU-s", "SDK loop tokens/CPU-s", "ratio", "tokens/event", "ok"]
+    header = ["round", "worker tokens/CPU-s", "SDK loop tokens/CPU-s", "ratio", "SDK loop on aiohttp tokens/CPU-s",
+              "ratio to aiohttp loop", "tokens/event", "ok"]  # fmt: skip
     return {
         "rounds": rounds,
         "median_ratio": ratio,
+        "median_ratio_aiohttp": median([r["ratio_aiohttp"] for r in rounds]),
         "log_problems": problems,
         "tables": [table(f"cost: {n} streams x {shape.chunks} tokens, `{shape.model}`", header, rows)],
         "targets": [target("worker tokens per CPU-second / plain SDK loop's >= 2 (`cost`, median)", ratio, ratio >= 2)],
     }
 
 
-_LAYOUTS = {  # name -> APIs, workers, streams on a Redis Cluster
-    "1x1": (1, 1, False),
-    "2x2": (2, 2, False),
-    "2x2 cluster": (2, 2, True),
-}
+_LAYOUTS = {"1x1": (1, 1, False), "2x2": (2, 2, False), "2x2 cluster": (2, 2, True)}  # APIs, workers, cluster
 
 
 async def scale_out(plan: Plan) -> Result:
@@ -334,9 +403,8 @@ async def scale_out(plan: Plan) -> Result:
     the streams on a 3-master Redis Cluster (the queue on plain Redis); and the TTFT nginx adds."""
     n, layouts, rows, overhead = plan.scale_streams, {}, [], {}
     for name, (apis, workers, cluster) in _LAYOUTS.items():
-        overrides = scale_overrides(n)
         with bench_stack(f"scale_out_{name.replace(' ', '_')}", apis=apis, workers=workers, cluster=cluster,
-                         nginx=apis > 1, overrides=overrides) as stack:  # fmt: skip
+                         nginx=apis > 1, overrides=scale_overrides(n)) as stack:  # fmt: skip
             request = STANDARD.post(stack.urls.get("nginx", stack.api_url))
             await run_batch([request] * 20, max_seconds=60)  # warm every process and connection
             rounds = [await measure(stack, [request] * n, STANDARD, deadline_s(n)) for _ in range(plan.rounds)]
@@ -368,7 +436,7 @@ SCENARIOS: dict[str, Callable[[Plan], Awaitable[Result]]] = {
     "throughput": throughput,
     "curve": curve,
     "many_clients": many_clients,
-    "delivery": lambda plan: delivery(plan.delivery_streams, plan.rounds),
+    "delivery": delivery,
     "batching": batching,
     "cost": cost,
     "scale_out": scale_out,

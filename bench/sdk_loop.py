@@ -1,8 +1,9 @@
 """The worker's cost baseline: a plain asyncio loop over the openai SDK's typed stream, printing its CPU per token.
 
-`python -m bench.sdk_loop URL MODEL PROMPT STREAMS` runs STREAMS completions at once against URL (the same
-fake upstream the worker reads) and prints one JSON line: chunks with content, process CPU seconds, wall seconds.
-It does the least a relay must do with each chunk: look at its content and finish_reason.
+`python -m bench.sdk_loop URL MODEL PROMPT STREAMS [aiohttp]` runs STREAMS completions at once against URL (the
+same fake upstream the worker reads) and prints one JSON line: chunks with content, process CPU seconds, wall
+seconds. It does the least a relay must do with each chunk: look at its content and finish_reason. With `aiohttp`,
+the SDK reads through its aiohttp transport (the worker's, worker/upstream.py) instead of its default HTTP client.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ async def _one(client: openai.AsyncOpenAI, model: str, prompt: str) -> tuple[int
     return chunks, finished
 
 
-async def main(url: str, model: str, prompt: str, streams: int) -> dict[str, float]:
-    client = openai.AsyncOpenAI(base_url=url, api_key="sk-bench-not-a-secret", max_retries=0)
+async def main(url: str, model: str, prompt: str, streams: int, aiohttp: bool) -> dict[str, float]:
+    http_client = openai.DefaultAioHttpClient() if aiohttp else None
+    client = openai.AsyncOpenAI(base_url=url, api_key="sk-bench-not-a-secret", max_retries=0, http_client=http_client)
     await asyncio.gather(*(_one(client, model, prompt) for _ in range(min(streams, 20))))  # warm-up
     cpu, wall = time.process_time(), time.monotonic()
     results = await asyncio.gather(*(_one(client, model, prompt) for _ in range(streams)))
@@ -44,6 +46,6 @@ async def main(url: str, model: str, prompt: str, streams: int) -> dict[str, flo
 
 
 if __name__ == "__main__":
-    url, model, prompt, streams = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    url, model, prompt, streams, aiohttp = *sys.argv[1:4], int(sys.argv[4]), sys.argv[5:] == ["aiohttp"]
     # The worker runs on uvloop too: the comparison is of the code, not of the event loop.
-    print(json.dumps(uvloop.run(main(url, model, prompt, streams))), flush=True)
+    print(json.dumps(uvloop.run(main(url, model, prompt, streams, aiohttp))), flush=True)

@@ -3,7 +3,6 @@ baselines, nginx."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import resource
 import shutil
@@ -14,32 +13,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.procfs import children
 from cli.embedded_redis import free_port, start_embedded_redis
 from tests.support.cluster import local_cluster
 from tests.support.nginx import running_nginx
+from tests.support.stack import _SCRUB as SCRUB
 from tests.support.stack import Stack, _get_ok, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"  # logs and scratch databases; ignored by git
 # A developer's real provider settings must never reach a benchmark process.
-_SCRUB = ("OPENAI_API_KEY", "DASHSCOPE_API_KEY", "OPENAI_BASE_URL", "AI_MODEL_NAME", "QWEN_MODEL_NAME",
-          "SSE_RELAY_API_KEYS", "STREAMS_REDIS_URL", "CORS_ALLOW_ORIGINS", "DATABASE_URL",
-          "SSE_RELAY_HOOK_MODULES", "SSE_RELAY_HOOKS", "REDIS_URL")  # fmt: skip
+_SCRUB = (*SCRUB, "REDIS_URL")
 
 
-def raise_fd_limit() -> int:
+def raise_fd_limit() -> None:
     """Soft fd limit up to the hard one; processes started afterwards inherit it."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def uvicorn_args(app: str, port: int) -> list[str]:
     """The same server options for sse-relay's API and for every baseline."""
-    args = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    args += ["--timeout-graceful-shutdown", "3"]
-    return args + (["--loop", "uvloop"] if importlib.util.find_spec("uvloop") else [])
+    return ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+            "--timeout-graceful-shutdown", "3", "--loop", "uvloop"]  # fmt: skip
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -64,9 +59,6 @@ class BenchStack(Stack):
         wait_for(lambda: _get_ok(url + health), name, process, timeout=90)
         self.urls[name] = url
         return url
-
-    def start_api(self) -> None:
-        self.api_url = self.start_server("api", "api.main:app")
 
     def pid(self, name: str) -> int:
         return self.processes[name].popen.pid
@@ -145,7 +137,8 @@ def bench_stack(
             proxy = cleanup.enter_context(running_nginx(logdir / "nginx", ports))
             stack.urls["nginx"] = proxy.url
             # nginx's master only starts its worker, which does the proxying.
-            stack.servers.update({f"nginx-{i + 1}": pid for i, pid in enumerate(children(proxy.popen.pid))})
+            workers_file = Path(f"/proc/{proxy.popen.pid}/task/{proxy.popen.pid}/children")
+            stack.servers.update({f"nginx-{i + 1}": int(pid) for i, pid in enumerate(workers_file.read_text().split())})
         yield stack
 
 
