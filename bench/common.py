@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import re
 import signal
 import statistics
 import sys
@@ -28,9 +27,6 @@ CONNECT_LIMIT = 256
 # perf_counter (the client's event times) -> wall clock (the fake upstream's send stamps, clock=1).
 WALL_OFFSET = time.time() - time.perf_counter()
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-# Case-sensitive: log levels are upper case, and "error" is also an ordinary word in the relay's info lines.
-_PROBLEM = re.compile(r"Traceback|\b(WARNING|ERROR|CRITICAL)\b|Exception|Too many open files")
-_VARYING = re.compile(r"gen_[0-9a-f]+|\d+")
 
 
 @dataclass(frozen=True)
@@ -296,24 +292,6 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> Result:
 
 def target(name: str, measured: Any, passed: bool) -> list[Any]:
     return [name, measured, "PASS" if passed else "FAIL"]
-
-
-def log_problems(stack: BenchStack, limit: int = 6) -> dict[str, list[str]]:
-    """Suspicious log lines per process, one example per kind with its count (ids and numbers do not make a
-    new kind); processes that exited on their own."""
-    found: dict[str, list[str]] = {}
-    for name, process in stack.processes.items():
-        kinds: Counter[str] = Counter()
-        examples: dict[str, str] = {}
-        with contextlib.suppress(OSError), process.log.open(errors="replace") as handle:
-            for line in filter(_PROBLEM.search, handle):
-                kinds[kind := _VARYING.sub("N", line.strip())] += 1
-                examples.setdefault(kind, line.strip()[:300])
-        if kinds:
-            found[name] = [f"{count} x {examples[kind]}" for kind, count in kinds.most_common(limit)]
-        if process.popen.poll() is not None:
-            found.setdefault(name, []).append(f"exited with {process.popen.returncode}")
-    return found
 
 
 @contextlib.asynccontextmanager

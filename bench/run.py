@@ -22,7 +22,7 @@ from typing import Any
 import uvloop
 
 from bench.scenarios import SCENARIOS, Plan
-from bench.stack import OUT, ROOT, raise_fd_limit
+from bench.stack import LOG_PROBLEMS, OUT, ROOT, raise_fd_limit
 
 # A scenario that overruns this is stopped (its processes too): `make bench` must end by itself.
 LIMIT_S = 1500
@@ -84,8 +84,9 @@ def write_tables(doc: Doc, results_dir: Path) -> Path:
         out += [f"## {name}{' (quick sizes)' if entry.get('quick') else ''}", ""]
         for t in result.get("tables", []):
             out += markdown(t["title"], t["header"], t["rows"])
-        if problems := {k: v for k, v in (result.get("log_problems") or {}).items() if v}:
-            out += ["Log problems:", "", "```", *(f"{k}: {v}" for k, v in problems.items()), "```", ""]
+        if problems := entry.get("log_problems"):
+            lines = [f"{stack} {process}: {found}" for stack, p in problems.items() for process, found in p.items()]
+            out += ["Log problems:", "", "```", *lines, "```", ""]
         if "error" in entry:
             out += [f"FAILED to run: `{entry['error']}`", ""]
     if "curve" in scenarios and plot_curve(scenarios["curve"].get("result") or {}, results_dir / "curve.png"):
@@ -125,6 +126,7 @@ def run_scenario(name: str, plan: Plan) -> Doc:
     entry: Doc = {"quick": plan.quick, "date": datetime.now(UTC).isoformat(timespec="seconds")}
     entry.update(git=git_state(), load_before=round(os.getloadavg()[0], 1))
     started = time.monotonic()
+    LOG_PROBLEMS.clear()
     print(f"[bench] {name}: running", flush=True)
 
     async def limited() -> Doc:
@@ -137,6 +139,7 @@ def run_scenario(name: str, plan: Plan) -> Doc:
         entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["traceback"] = traceback.format_exc()[-4000:]
         print(f"[bench] {name}: FAILED to run: {entry['error']}", flush=True)
+    entry["log_problems"] = {stack: found for stack, found in LOG_PROBLEMS.items() if found}
     entry.update(seconds=time.monotonic() - started, load_after=round(os.getloadavg()[0], 1))
     print(f"[bench] {name}: {entry['seconds']:.0f} s", flush=True)
     return entry

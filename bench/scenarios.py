@@ -18,7 +18,6 @@ from bench.common import (
     Shape,
     cpu_seconds,
     launch,
-    log_problems,
     measure,
     median,
     medians,
@@ -94,7 +93,6 @@ async def ttft(plan: Plan) -> Result:
     with bench_stack("ttft", baselines=("direct",)) as stack:
         requests = {"direct": SMALL.post(stack.urls["direct"]), "relay": SMALL.post(stack.api_url)}
         out = await ttft_pairs(requests, plan.ttft_samples, plan.rounds)
-        out["log_problems"] = log_problems(stack)
     diff = {q: out["relay"][q] - out["direct"][q] for q in ("p50", "p99")}
     out["targets"] = [
         target("TTFT p50, relay - direct <= 3 ms (`ttft`)", diff["p50"], diff["p50"] <= 3),
@@ -111,13 +109,11 @@ async def idle_cpu(plan: Plan) -> Result:
         await asyncio.sleep(3.0)  # lazy start-up work is not idle
         async with Sampler(stack, stack.pids()) as idle:
             await asyncio.sleep(plan.idle_s)
-        problems = log_problems(stack)
     pct, per_s = idle.percent(idle.cpu), idle.commands / idle.elapsed
     rows = [[name, value] for name, value in pct.items()]
     return {
         "cpu_pct": pct,
         "redis_commands_per_s": per_s,
-        "log_problems": problems,
         "tables": [table(f"idle, {plan.idle_s:.0f} s; Redis {per_s:.1f} commands/s", ["process", "% of a core"], rows)],
         "targets": [target("idle worker <= 1 % of a core (`idle_cpu`)", pct["worker"], pct["worker"] <= 1)],
     }
@@ -148,10 +144,9 @@ async def _levels(name: str, levels: tuple[int, ...], rounds: int) -> Result:
                              *busy, f"{s['ok']}/{n}"])  # fmt: skip
             progress(f"{name} {n}: relay {relay['tokens_per_s']:.0f} tokens/s, {ratio:.1%} of the baseline")
             await asyncio.sleep(2.0)  # finished generations' bookkeeping settles before the next round
-        problems = log_problems(stack)
     top = [p["ratio"] for p in points if p["streams"] == max(levels)]
     title = f"{name}: {STANDARD.chunks} tokens of {STANDARD.size} chars every {STANDARD.delay_ms} ms per stream"
-    return {"points": points, "median_ratio": median(top), "log_problems": problems,
+    return {"points": points, "median_ratio": median(top),
             "tables": [table(title, _LEVEL_HEADER, rows)]}  # fmt: skip
 
 
@@ -215,13 +210,11 @@ async def many_clients(plan: Plan) -> Result:
         baseline, running = await _hold(stack, [slow.memory(stack.urls["memory"])] * len(requests), "memory", watch_s)
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-        problems = log_problems(stack)
     ok = relay["receiving"] == len(requests)
     rows = [[key, relay[key], baseline[key]] for key in relay]
     return {
         "relay": relay,
         "baseline": baseline,
-        "log_problems": problems,
         "tables": [table(f"many_clients on {generations} generations", ["", "sse-relay", "bare Starlette"], rows)],
         "targets": [target(f"{len(requests):,} SSE clients on one API process, all receiving", relay["receiving"], ok)],
     }
@@ -304,13 +297,11 @@ async def delivery(plan: Plan) -> Result:
             rows.append(
                 [name, shape.chunks, shape.delay_ms, modes[name]["ratio"], modes[name]["cpu_ratio"], api, memory]
             )
-        problems = log_problems(stack)
     header = ["mode", "events", "delay ms", "events/s vs bare", "server CPU ratio", "API µs/event", "bare µs/event"]
     ratio = modes["max"]["ratio"]
     name = "one API process delivers >= 60 % of bare Starlette's events/s (`delivery`, max rate)"
     return {
         "modes": modes,
-        "log_problems": problems,
         "tables": [table(f"delivery: {n} streams, one API process, medians of {rounds} round(s)", header, rows)],
         "targets": [target(name, f"{ratio:.1%}", ratio >= 0.6)],
     }
@@ -332,7 +323,6 @@ async def batching(plan: Plan) -> Result:
             request = shape.post(stack.api_url)
             await run_batch([request] * 5, max_seconds=60)
             relay = await measure(stack, [request] * n, shape, deadline_s(n, shape))
-            relay["log_problems"] = log_problems(stack)
         points.append({"load": load, "streams": n, "coalesce_ms": window, "relay": relay})
         rows.append([load, f"{n} x {1000 // shape.delay_ms}/s", window, relay["tokens_per_event"],
                      relay["lateness_ms_p50"], relay["lateness_ms_p99"], relay["commands_per_token"],
@@ -381,7 +371,6 @@ async def cost(plan: Plan) -> Result:
             progress(
                 f"cost round {index + 1}: worker / SDK loop {ratio:.2f}, / SDK loop on aiohttp {ratio_aiohttp:.2f}"
             )
-        problems = log_problems(stack)
     ratio = median([r["ratio"] for r in rounds])
     header = ["round", "worker tokens/CPU-s", "SDK loop tokens/CPU-s", "ratio", "SDK loop on aiohttp tokens/CPU-s",
               "ratio to aiohttp loop", "tokens/event", "ok"]  # fmt: skip
@@ -389,7 +378,6 @@ async def cost(plan: Plan) -> Result:
         "rounds": rounds,
         "median_ratio": ratio,
         "median_ratio_aiohttp": median([r["ratio_aiohttp"] for r in rounds]),
-        "log_problems": problems,
         "tables": [table(f"cost: {n} streams x {shape.chunks} tokens, `{shape.model}`", header, rows)],
         "targets": [target("worker tokens per CPU-second / plain SDK loop's >= 2 (`cost`, median)", ratio, ratio >= 2)],
     }
@@ -411,9 +399,8 @@ async def scale_out(plan: Plan) -> Result:
             if name == "2x2":
                 pairs = {"direct": SMALL.post(stack.api_url), "nginx": SMALL.post(stack.urls["nginx"])}
                 overhead = await ttft_pairs(pairs, 40 if plan.quick else 200, 1)
-            problems = log_problems(stack)
-        mid = sorted(rounds, key=lambda r: r["tokens_per_s"])[len(rounds) // 2]  # the median round
-        layouts[name] = {"rounds": rounds, "median_round": mid, "log_problems": problems}
+            mid = sorted(rounds, key=lambda r: r["tokens_per_s"])[len(rounds) // 2]  # the median round
+        layouts[name] = {"rounds": rounds, "median_round": mid}
         per_process = {k: v for k, v in mid["cpu_us_per_token"].items() if k not in ("client", "upstream")}
         rows.append([name, mid["tokens_per_s"], mid["ttft_ms_p99"], mid["serving_cpu_us_per_token"],
                      ", ".join(f"{k} {v:.0f}" for k, v in sorted(per_process.items())),

@@ -3,10 +3,13 @@ baselines, nginx."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import resource
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"  # logs and scratch databases; ignored by git
 # A developer's real provider settings must never reach a benchmark process.
 _SCRUB = (*SCRUB, "REDIS_URL")
+
+
+# Case-sensitive: log levels are upper case, and "error" is also an ordinary word in the relay's info lines.
+_PROBLEM = re.compile(r"Traceback|\b(WARNING|ERROR|CRITICAL)\b|Exception|Too many open files")
+_VARYING = re.compile(r"gen_[0-9a-f]+|\d+")
+# Stack name -> process -> suspicious log lines, recorded as each stack stops (bench.run reports them).
+LOG_PROBLEMS: dict[str, dict[str, list[str]]] = {}
 
 
 def raise_fd_limit() -> None:
@@ -139,8 +149,29 @@ def bench_stack(
             # nginx's master only starts its worker, which does the proxying.
             workers_file = Path(f"/proc/{proxy.popen.pid}/task/{proxy.popen.pid}/children")
             stack.servers.update({f"nginx-{i + 1}": int(pid) for i, pid in enumerate(workers_file.read_text().split())})
-        yield stack
+        try:
+            yield stack
+        finally:
+            LOG_PROBLEMS[name] = log_problems(stack)
 
 
 def _numbered(kind: str, index: int) -> str:
     return kind if index == 0 else f"{kind}-{index + 1}"
+
+
+def log_problems(stack: BenchStack, limit: int = 6) -> dict[str, list[str]]:
+    """Suspicious log lines per process, one example per kind with its count (ids and numbers do not make a
+    new kind); processes that exited on their own."""
+    found: dict[str, list[str]] = {}
+    for name, process in stack.processes.items():
+        kinds: Counter[str] = Counter()
+        examples: dict[str, str] = {}
+        with contextlib.suppress(OSError), process.log.open(errors="replace") as handle:
+            for line in filter(_PROBLEM.search, handle):
+                kinds[kind := _VARYING.sub("N", line.strip())] += 1
+                examples.setdefault(kind, line.strip()[:300])
+        if kinds:
+            found[name] = [f"{count} x {examples[kind]}" for kind, count in kinds.most_common(limit)]
+        if process.popen.poll() is not None:
+            found.setdefault(name, []).append(f"exited with {process.popen.returncode}")
+    return found
