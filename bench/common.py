@@ -19,7 +19,7 @@ from typing import Any, cast
 import redis
 
 from bench.sseclient import Request, Stream, fetch
-from bench.stack import BenchStack, host_port
+from bench.stack import BenchStack
 
 Result = dict[str, Any]
 # Connections being opened at once: far below uvicorn's accept backlog (2048), so no SYN is ever dropped.
@@ -54,13 +54,11 @@ class Shape:
 
     def post(self, url: str, **extra: Any) -> Request:
         """A relay (or DIRECT) request for this answer."""
-        body = {"prompt": self.prompt, "model": self.model, **extra}
-        return Request.post_json(*host_port(url), "/v1/generations", body)
+        return Request.to(f"{url}/v1/generations", {"prompt": self.prompt, "model": self.model, **extra})
 
     def memory(self, url: str, gate: int = 0) -> Request:
         """The bare Starlette baseline's request for the same events (`gate`: held until POST /open?gate=N)."""
-        query = f"n={self.chunks}&size={self.size}&delay_ms={self.delay_ms}&gate={gate}"
-        return Request.get(*host_port(url), f"/stream?{query}")
+        return Request.to(f"{url}/stream?n={self.chunks}&size={self.size}&delay_ms={self.delay_ms}&gate={gate}")
 
 
 def scale_overrides(streams: int) -> dict[str, str]:
@@ -245,11 +243,9 @@ def summarize(streams: list[Stream], shape: Shape, since: float | None = None) -
         "tokens_per_s": tokens / wall if wall > 0 else float("nan"),
         "events_per_s": events / wall if wall > 0 else float("nan"),
         "tokens_per_event": tokens / events if events else float("nan"),
-        "ttft_ms_p50": percentile(ttfts, 50),
-        "ttft_ms_p99": percentile(ttfts, 99),
+        **{f"ttft_ms_p{q}": percentile(ttfts, q) for q in (50, 99)},
         "gap_ms_p99": percentile(gaps, 99),
-        "lateness_ms_p50": percentile(late, 50),
-        "lateness_ms_p99": percentile(late, 99),
+        **{f"lateness_ms_p{q}": percentile(late, q) for q in (50, 99)},
     }
 
 

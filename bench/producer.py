@@ -59,13 +59,6 @@ async def create(settings: Settings, n: int) -> list[str]:
     return ids
 
 
-def _collecting(redis: Redis, settings: Settings) -> tuple[Generations, _Collect]:
-    generations = Generations(redis, settings)
-    collect = _Collect()
-    generations._publish = collect  # type: ignore[assignment]
-    return generations, collect
-
-
 async def produce(
     settings: Settings, ids: list[str], count: int, size: int, delay_ms: int, per_call: int
 ) -> dict[str, Any]:
@@ -73,7 +66,8 @@ async def produce(
     per tick carrying `per_call` events (a tick every `delay_ms`, or back to back when 0)."""
     # One connection: pipelines go out in order, and the producer's cost stays one socket's.
     redis = Redis.from_url(settings.streams_url, decode_responses=True, single_connection_client=True)
-    generations, collect = _collecting(redis, settings)
+    generations, collect = Generations(redis, settings), _Collect()
+    generations._publish = collect  # type: ignore[assignment]
     piece = ("abcdefgh" * (size // 8 + 1))[:size]
     content, done = events.content(piece), events.done(piece * count, "stop", None)
     sent = ticks = refused = 0

@@ -32,7 +32,7 @@ from bench.common import (
     wait_until,
 )
 from bench.sseclient import Request, Stream, fetch
-from bench.stack import ROOT, BenchStack, bench_stack, host_port
+from bench.stack import ROOT, BenchStack, bench_stack
 
 STANDARD = Shape()  # 50 tokens of 8 characters, 20 ms apart: a fast provider
 SMALL = Shape(chunks=3, size=4, delay_ms=0)  # TTFT: the first token is all that is measured
@@ -146,8 +146,7 @@ async def _levels(name: str, levels: tuple[int, ...], rounds: int) -> Result:
             await asyncio.sleep(2.0)  # finished generations' bookkeeping settles before the next round
     top = [p["ratio"] for p in points if p["streams"] == max(levels)]
     title = f"{name}: {STANDARD.chunks} tokens of {STANDARD.size} chars every {STANDARD.delay_ms} ms per stream"
-    return {"points": points, "median_ratio": median(top),
-            "tables": [table(title, _LEVEL_HEADER, rows)]}  # fmt: skip
+    return {"points": points, "median_ratio": median(top), "tables": [table(title, _LEVEL_HEADER, rows)]}
 
 
 async def throughput(plan: Plan) -> Result:
@@ -197,13 +196,12 @@ async def many_clients(plan: Plan) -> Result:
     with bench_stack("many_clients", baselines=("memory",), overrides=scale_overrides(generations)) as stack:
         created = [await fetch(slow.post(stack.api_url, background=True), keep_body=True) for _ in range(generations)]
         ids = [json.loads(c.body)["id"] for c in created]
-        host, port = host_port(stack.api_url)
         per = plan.clients // generations
-        requests = [Request.get(host, port, f"/v1/generations/{i}/events") for i in ids for _ in range(per)]
+        requests = [Request.to(f"{stack.api_url}/v1/generations/{i}/events") for i in ids for _ in range(per)]
         await asyncio.sleep(2.0)  # every generation is streaming before the clients arrive
         relay, running = await _hold(stack, requests, "api", watch_s)
         for generation_id in ids:
-            await fetch(Request.post_json(host, port, f"/v1/generations/{generation_id}/cancel", {}), keep_body=True)
+            await fetch(Request.to(f"{stack.api_url}/v1/generations/{generation_id}/cancel", {}), keep_body=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(running, 30)
         progress(f"many_clients: {relay['receiving']} of {plan.clients} receiving")
@@ -248,8 +246,7 @@ async def _relay_round(stack: BenchStack, shape: Shape, per_call: int, n: int) -
     assert stdin is not None and stdout is not None
     try:
         ids = json.loads(await asyncio.wait_for(stdout.readline(), 120))  # created and claimed
-        host, port = host_port(stack.api_url)
-        requests = [Request.get(host, port, f"/v1/generations/{i}/events") for i in ids]
+        requests = [Request.to(f"{stack.api_url}/v1/generations/{i}/events") for i in ids]
 
         async def go() -> None:
             stdin.write(b"go\n")
@@ -268,7 +265,7 @@ async def _memory_round(stack: BenchStack, shape: Shape, n: int, gate: int) -> R
     url = stack.urls["memory"]
 
     async def go() -> None:
-        await fetch(Request.post_json(*host_port(url), f"/open?gate={gate}", {}), keep_body=True)
+        await fetch(Request.to(f"{url}/open?gate={gate}", {}), keep_body=True)
 
     cpu, streams, started = await _gated(stack, [shape.memory(url, gate)] * n, "memory", go)
     return {**summarize(streams, shape, started), "server_cpu_s": cpu}

@@ -8,6 +8,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -23,12 +24,12 @@ class Request:
     body: bytes | None = None
 
     @classmethod
-    def post_json(cls, host: str, port: int, path: str, payload: dict[str, Any]) -> Request:
-        return cls(host, port, "POST", path, json.dumps(payload, separators=(",", ":")).encode())
-
-    @classmethod
-    def get(cls, host: str, port: int, path: str) -> Request:
-        return cls(host, port, "GET", path)
+    def to(cls, url: str, payload: dict[str, Any] | None = None) -> Request:
+        """GET `url`, or POST `payload` to it as JSON."""
+        parts = urlsplit(url)
+        body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80, "GET" if body is None else "POST", path, body)
 
     def encode(self) -> bytes:
         # One request per connection: every sample pays the same connect cost on every system.

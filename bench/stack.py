@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from cli.embedded_redis import free_port, start_embedded_redis
 from tests.support.cluster import local_cluster
@@ -47,11 +46,6 @@ def uvicorn_args(app: str, port: int) -> list[str]:
             "--timeout-graceful-shutdown", "3", "--loop", "uvloop"]  # fmt: skip
 
 
-def host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or 80
-
-
 @dataclass
 class BenchStack(Stack):
     """A Stack with the benchmark's uvicorn options, several APIs and workers, baselines; `servers` are the
@@ -62,9 +56,8 @@ class BenchStack(Stack):
     urls: dict[str, str] = field(default_factory=dict)  # name -> base URL of each API, baseline and proxy
 
     def start_server(self, name: str, app: str) -> str:
-        url = f"http://127.0.0.1:{free_port()}"
-        env = {**self.env, "BENCH_UPSTREAM_URL": self.upstream_url}
-        process = self.start(name, uvicorn_args(app, host_port(url)[1]), env=env)
+        url = f"http://127.0.0.1:{(port := free_port())}"
+        process = self.start(name, uvicorn_args(app, port), env={**self.env, "BENCH_UPSTREAM_URL": self.upstream_url})
         health = "/readyz" if app == "api.main:app" else "/healthz"
         wait_for(lambda: _get_ok(url + health), name, process, timeout=90)
         self.urls[name] = url
@@ -142,7 +135,7 @@ def bench_stack(
         if nginx:
             if not any(map(shutil.which, ("nginx", "/usr/sbin/nginx"))):
                 raise RuntimeError("nginx is not installed: `apt-get install nginx-light`")
-            ports = [host_port(stack.urls[_numbered("api", i)])[1] for i in range(apis)]
+            ports = [int(stack.urls[_numbered("api", i)].rsplit(":", 1)[1]) for i in range(apis)]
             (logdir / "nginx").mkdir()
             proxy = cleanup.enter_context(running_nginx(logdir / "nginx", ports))
             stack.urls["nginx"] = proxy.url
