@@ -188,7 +188,7 @@ def launch(requests: list[Request], max_seconds: float) -> tuple[list[Stream], a
     """Starts every request (connections opened CONNECT_LIMIT at a time), each to its end or its deadline;
     -> the live streams, and a future done when all are (cancel it to stop them)."""
     limit = asyncio.Semaphore(CONNECT_LIMIT)
-    streams = [Stream(record_times=True) for _ in requests]
+    streams = [Stream() for _ in requests]
     fetches = (
         fetch(r, s, max_seconds=max_seconds, connect_limit=limit) for r, s in zip(requests, streams, strict=True)
     )

@@ -33,12 +33,7 @@ Doc = dict[str, Any]
 def machine_info() -> Doc:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "-"
+    versions = {name: metadata.version(name) if any(metadata.distributions(name=name)) else "-" for name in PACKAGES}
     return {
         "machine": f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}",
         "load_average": [round(x, 1) for x in os.getloadavg()],

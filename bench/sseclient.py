@@ -44,7 +44,6 @@ class Request:
 class Stream:
     """One SSE request and what it received so far; updated live, so a caller can watch it while it runs."""
 
-    record_times: bool = False
     started: float | None = None
     headers_at: float | None = None
     status: int = 0
@@ -60,7 +59,7 @@ class Stream:
     terminal_data: dict[str, Any] | None = None
     error: str | None = None
     ended: float | None = None
-    # With record_times: arrival time and text of each content event (a batched event carries several tokens).
+    # Arrival time and text of each content event (a batched event carries several tokens).
     content_times: list[float] = field(default_factory=list)
     content_texts: list[str] = field(default_factory=list)
     body: bytes = b""
@@ -92,9 +91,8 @@ class Stream:
             self.content_chars += len(text)
             if self.first_content_at is None:
                 self.first_content_at = now
-            if self.record_times:
-                self.content_times.append(now)
-                self.content_texts.append(text)
+            self.content_times.append(now)
+            self.content_texts.append(text)
         elif kind == "reset":
             self.resets += 1
             self.content_chars = 0

@@ -34,7 +34,7 @@ async def test_events_split_across_chunks_and_line_ends_are_read_exactly() -> No
     server = await asyncio.start_server(_serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        stream = await fetch(Request.to(f"http://127.0.0.1:{port}/"), Stream(record_times=True), max_seconds=10)
+        stream = await fetch(Request.to(f"http://127.0.0.1:{port}/"), Stream(), max_seconds=10)
     assert stream.ok and stream.status == 200
     assert (stream.events, stream.content_events, stream.resets) == (5, 3, 1)
     assert stream.content_texts == ["ab", "cd", "abcd"] and stream.content_chars == 4
@@ -56,7 +56,7 @@ async def test_an_error_status_keeps_its_body() -> None:
 
 
 def test_lateness_is_receive_time_minus_each_tokens_send_stamp() -> None:
-    stream = Stream(record_times=True)
+    stream = Stream()
     received = 1000.0
     sent = received + WALL_OFFSET
     stream.content_times = [received]
