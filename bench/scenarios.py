@@ -336,10 +336,8 @@ async def batching(plan: Plan) -> Result:
 
 
 async def _sdk_loop(stack: BenchStack, shape: Shape, streams: int, transport: str) -> Result:
-    args = [f"{stack.upstream_url}/v1", shape.model, shape.prompt, str(streams), transport]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.sdk_loop", *args, env=stack.env, stdout=-1
-    )
+    args = ["-m", "bench.sdk_loop", f"{stack.upstream_url}/v1", shape.model, shape.prompt, str(streams), transport]
+    process = await asyncio.create_subprocess_exec(sys.executable, *args, env=stack.env, stdout=-1)
     out, _ = await asyncio.wait_for(process.communicate(), 300)
     return cast(Result, json.loads(out))
 
@@ -357,16 +355,13 @@ async def cost(plan: Plan) -> Result:
             sdk, aiohttp = [await _sdk_loop(stack, shape, n, transport) for transport in ("default", "aiohttp")]
             relay = await measure(stack, [request] * n, shape, 300)
             worker = 1e6 / relay["cpu_us_per_token"]["worker"]
-            ratio, ratio_aiohttp = (
-                worker / (sdk["tokens"] / sdk["cpu_s"]),
-                worker / (aiohttp["tokens"] / aiohttp["cpu_s"]),
-            )
+            ratio, ratio_aiohttp = worker / sdk["tokens_per_cpu_s"], worker / aiohttp["tokens_per_cpu_s"]
             rounds.append({"sdk": sdk, "sdk_aiohttp": aiohttp, "relay": relay, "worker_tokens_per_cpu_s": worker,
                            "ratio": ratio, "ratio_aiohttp": ratio_aiohttp})  # fmt: skip
-            rows.append([index + 1, worker, sdk["tokens"] / sdk["cpu_s"], ratio, aiohttp["tokens"] / aiohttp["cpu_s"],
-                         ratio_aiohttp, relay["tokens_per_event"], relay["ok"]])  # fmt: skip
+            rows.append([index + 1, worker, sdk["tokens_per_cpu_s"], ratio, aiohttp["tokens_per_cpu_s"], ratio_aiohttp,
+                         relay["tokens_per_event"], relay["ok"]])  # fmt: skip
             progress(
-                f"cost round {index + 1}: worker / SDK loop {ratio:.2f}, / SDK loop on aiohttp {ratio_aiohttp:.2f}"
+                f"cost round {index + 1}: worker / SDK loop {ratio:.2f}, / the loop on aiohttp {ratio_aiohttp:.2f}"
             )
     ratio = median([r["ratio"] for r in rounds])
     header = ["round", "worker tokens/CPU-s", "SDK loop tokens/CPU-s", "ratio", "SDK loop on aiohttp tokens/CPU-s",

@@ -42,7 +42,8 @@ async def main(url: str, model: str, prompt: str, streams: int, aiohttp: bool) -
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     await client.close()
     tokens = sum(chunks for chunks, _ in results)
-    return {"tokens": tokens, "ok": sum(1 for _, ok in results if ok), "cpu_s": cpu, "wall_s": wall}
+    ok = sum(1 for _, finished in results if finished)
+    return {"tokens": tokens, "ok": ok, "cpu_s": cpu, "wall_s": wall, "tokens_per_cpu_s": tokens / cpu}
 
 
 if __name__ == "__main__":
