@@ -123,13 +123,8 @@ def run_scenario(name: str, plan: Plan) -> Doc:
     started = time.monotonic()
     LOG_PROBLEMS.clear()
     print(f"[bench] {name}: running", flush=True)
-
-    async def limited() -> Doc:
-        async with asyncio.timeout(LIMIT_S * (0.5 if plan.quick else 1)):
-            return await SCENARIOS[name](plan)
-
     try:
-        entry["result"] = uvloop.run(limited())
+        entry["result"] = uvloop.run(asyncio.wait_for(SCENARIOS[name](plan), LIMIT_S * (0.5 if plan.quick else 1)))
     except Exception as exc:
         entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["traceback"] = traceback.format_exc()[-4000:]
