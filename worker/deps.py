@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import openai
 
@@ -10,6 +10,7 @@ from shared.config import Settings
 from shared.hooks import HookRegistry, HookThreads
 from shared.state import Generations
 from shared.store.repository import ResultStore
+from worker.early import EarlyStarts
 from worker.lease import Leases
 from worker.webhooks import Deliverer
 
@@ -24,6 +25,7 @@ class Deps:
     hook_threads: HookThreads
     leases: Leases
     webhooks: Deliverer | None = None  # None when WEBHOOK_URLS is empty
+    early: EarlyStarts = field(default_factory=EarlyStarts)
 
     def webhooks_written(self) -> None:
         """An ending with deliveries due now was stored: the delivery loop looks at once."""

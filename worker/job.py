@@ -208,7 +208,8 @@ class Attempt:
         finished.result()  # a finished task keeps its outcome: re-raises the pump's error or CancelRequested
 
     async def _pump(self) -> None:
-        async for piece in stream_pieces(self.deps.client, self.state.request, self.outcome):
+        opening = self.deps.early.take(self.state.id)
+        async for piece in stream_pieces(self.deps.client, self.state.request, self.outcome, opening):
             if self._first_piece_due:
                 self._first_piece_due = False
                 metrics.observe_ttft(self.state.created_at)

@@ -41,5 +41,9 @@ class Taker:
         if not reply:
             return None
         score, *claim = reply
-        self.claims[job_id] = parse_claim(job_id, claim)
+        claimed = self.claims[job_id] = parse_claim(job_id, claim)
+        state = claimed.state
+        if state is not None and not state.cancel_requested and claimed.attempt <= self.deps.settings.job_max_tries:
+            # What worker/job.py's _run will stream: its request goes out now (worker/early.py).
+            self.deps.early.start(job_id, self.deps.client, state.request)
         return score

@@ -114,9 +114,11 @@ class RelayWorker(Worker):
             log.warning("taking job %s failed: %s", job_id, type(exc).__name__)
             return None
 
-    def _finished(self, job_id: str, _: object) -> None:
-        self._deps.leases.discard(job_id)
-        self.claims.pop(job_id, None)  # arq did not run the function after all
+    def _finished(self, job_id: str, task: object) -> None:
+        if self.tasks.get(job_id, task) is task:  # not taken again since (that run's lease and claim stay)
+            self._deps.leases.discard(job_id)
+            self.claims.pop(job_id, None)  # arq did not run the function after all
+            self._deps.early.discard(job_id)  # or it ended before streaming its request
         self._give_back_slot()
 
     def _give_back_slot(self) -> None:

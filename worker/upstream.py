@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiohttp
@@ -16,7 +16,17 @@ from shared.errors import ErrorCode
 from shared.jobs import StoredRequest
 from worker.stream_parse import DONE, DataDecoder, Outcome, Piece, ProviderError, read_chunk
 
-__all__ = ["Outcome", "Piece", "UpstreamError", "classify", "describe", "make_client", "stream_pieces"]
+__all__ = [
+    "Opened",
+    "Outcome",
+    "Piece",
+    "UpstreamError",
+    "classify",
+    "describe",
+    "make_client",
+    "open_stream",
+    "stream_pieces",
+]
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # How long the rest of a body after [DONE] may take to arrive (as the SDK allows) before the connection is dropped.
@@ -54,23 +64,48 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
-async def stream_pieces(client: openai.AsyncOpenAI, request: StoredRequest, outcome: Outcome) -> AsyncIterator[Piece]:
+class Opened:
+    """A provider response whose body is still to be read, and the context that closes it."""
+
+    def __init__(self, manager: Any, response: Any) -> None:
+        self._manager = manager
+        self.response = response
+
+    async def aclose(self) -> None:
+        await self._manager.__aexit__(None, None, None)
+
+
+async def open_stream(client: openai.AsyncOpenAI, request: StoredRequest) -> Opened:
+    """Sends the request (the SDK: auth, retries before the first byte, status errors); the body is unread."""
+    manager = client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+        model=request.model,
+        messages=request.messages,
+        stream=True,
+        stream_options={"include_usage": True},
+        **request.provider_args,
+    )
+    return Opened(manager, await manager.__aenter__())
+
+
+async def stream_pieces(
+    client: openai.AsyncOpenAI,
+    request: StoredRequest,
+    outcome: Outcome,
+    opening: Awaitable[Opened] | None = None,
+) -> AsyncIterator[Piece]:
     """Yields the answer's pieces; raises UpstreamError for every failure, including a truncated stream.
 
-    The SDK sends the request (auth, retries before the first byte, status errors); the body is read raw,
-    which costs a fraction of the SDK's typed chunks.
+    The body is read raw, which costs a fraction of the SDK's typed chunks. `opening`: the same request,
+    already sent (worker/early.py); its failure is classified like any other.
     """
     try:
-        # The context manager closes the upstream response when this generator is closed or cancelled.
-        async with client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
-            model=request.model,
-            messages=request.messages,
-            stream=True,
-            stream_options={"include_usage": True},
-            **request.provider_args,
-        ) as response:
-            async for piece in _read(response.http_response, outcome):
+        opened = await (opening if opening is not None else open_stream(client, request))
+        # Closed however this generator ends, also when it is closed or cancelled mid-stream.
+        try:
+            async for piece in _read(opened.response.http_response, outcome):
                 yield piece
+        finally:
+            await opened.aclose()
     except UpstreamError:
         raise
     except Exception as exc:

@@ -1,0 +1,97 @@
+"""worker.early: a provider request sent when its job is taken is read by the generation, or closed unread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared.config import Settings
+from shared.jobs import StoredRequest
+from worker.early import EarlyStarts
+from worker.upstream import Outcome, make_client, stream_pieces
+
+_CHUNK = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+
+
+class _Provider:
+    """A provider on a real socket that answers once it is told to, and notes when a connection closes."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.answer = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        self.requests += 1
+        await self.answer.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"%x\r\n%s\r\n" % (len(_CHUNK), _CHUNK))
+        await writer.drain()
+        await reader.read()  # the client closes: the body's last chunk never comes
+        self.closed.set()
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[tuple[_Provider, Settings]]:
+    fake = _Provider()
+    server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield fake, Settings(openai_base_url=f"http://127.0.0.1:{port}/v1", upstream_max_retries=0)
+    server.close()
+
+
+REQUEST = StoredRequest(model="m", messages=[{"role": "user", "content": "hi"}])
+
+
+async def _until(event: asyncio.Event) -> None:
+    await asyncio.wait_for(event.wait(), 5)
+
+
+async def test_the_request_goes_out_at_start_and_its_answer_is_read_by_the_generation(
+    provider: tuple[_Provider, Settings],
+) -> None:
+    fake, settings = provider
+    client, early = make_client(settings), EarlyStarts()
+    early.start("gen_1", client, REQUEST)
+    while fake.requests == 0:  # sent before anything reads it
+        await asyncio.sleep(0.005)
+    fake.answer.set()
+    opening = early.take("gen_1")
+    assert opening is not None and early.take("gen_1") is None
+    outcome = Outcome()
+    pieces = [piece.text async for piece in stream_pieces(client, REQUEST, outcome, opening)]
+    assert pieces == ["hi"] and outcome.finish_reason == "stop"
+    await client.close()
+
+
+async def test_an_answered_request_nobody_reads_is_closed(provider: tuple[_Provider, Settings]) -> None:
+    fake, settings = provider
+    client, early = make_client(settings), EarlyStarts()
+    fake.answer.set()
+    early.start("gen_1", client, REQUEST)
+    opening = early._pending["gen_1"]
+    await asyncio.wait_for(asyncio.shield(opening), 5)
+    early.discard("gen_1")
+    await _until(fake.closed)
+    assert early.take("gen_1") is None
+    await client.close()
+
+
+async def test_a_request_still_unanswered_when_discarded_is_cancelled(provider: tuple[_Provider, Settings]) -> None:
+    fake, settings = provider
+    client, early = make_client(settings), EarlyStarts()
+    early.start("gen_1", client, REQUEST)
+    opening = early._pending["gen_1"]
+    while fake.requests == 0:
+        await asyncio.sleep(0.005)
+    early.discard("gen_1")
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    await client.close()

@@ -1,0 +1,51 @@
+"""Provider requests sent when a job is taken (worker/pickup.py), read when its generation streams (worker/job.py).
+
+Between the take and the generation's first line, arq fetches the job (a MULTI round trip), logs it and starts
+its task: about a millisecond in which the provider request can already be on its way. A request that is not
+read after all (arq did not run the job, or it ended before streaming) is cancelled or closed when the job's
+task ends (worker/relay.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import openai
+
+from shared.jobs import StoredRequest
+from worker.upstream import Opened, open_stream
+
+
+class EarlyStarts:
+    """One worker's requests sent ahead of their jobs, by generation id."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, asyncio.Task[Opened]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def start(self, generation_id: str, client: openai.AsyncOpenAI, request: StoredRequest) -> None:
+        self.discard(generation_id)
+        self._pending[generation_id] = asyncio.ensure_future(open_stream(client, request))
+
+    def take(self, generation_id: str) -> asyncio.Task[Opened] | None:
+        """The request sent for this generation, now the caller's to read and close; None if there is none."""
+        return self._pending.pop(generation_id, None)
+
+    def discard(self, generation_id: str) -> None:
+        opening = self._pending.pop(generation_id, None)
+        if opening is None:
+            return
+        if not opening.done():
+            opening.cancel()  # the SDK closes a connection whose request is cancelled
+            return
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        closing = asyncio.ensure_future(_close(opening.result()))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+
+async def _close(opened: Opened) -> None:
+    with contextlib.suppress(Exception):
+        await opened.aclose()
