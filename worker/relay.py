@@ -1,7 +1,7 @@
 """The worker process's arq Worker (`sse-relay worker`): arq's own, extended through overridden methods.
 
-- `start_jobs`: one round trip per job, which also sets the job's short lease (worker/pickup.py), and never a
-  second copy of a job this worker still runs.
+- `start_jobs`: one round trip per job, which also sets the job's short lease and sends its provider request
+  (worker/pickup.py, worker/early.py), and never a second copy of a job this worker still runs.
 - `_poll_iteration`: a Redis error ends the iteration, not the process (worker/resilience.py); the first one,
   right after on_startup, starts the wake-up listener (worker/wakeup.py).
 - `close`: stops the listener before arq's own shutdown.
