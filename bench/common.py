@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import os
 import signal
-import statistics
 import sys
 import time
 from collections import Counter
@@ -62,8 +61,7 @@ class Shape:
 
 
 def scale_overrides(streams: int) -> dict[str, str]:
-    """Capacity settings, not tuning: the defaults cap one worker at 500 jobs and one caller at 100 unfinished
-    generations, and the benchmark is one anonymous caller driving one worker at the stated concurrency."""
+    """Capacity settings, not tuning (bench/README.md): one anonymous caller drives one worker."""
     return {"WORKER_MAX_JOBS": str(max(500, streams)), "MAX_CONCURRENT_PER_CALLER": str(max(100, streams * 2))}
 
 
@@ -112,12 +110,11 @@ def tcp_connections(pid: int, remote_ports: set[int]) -> int:
     return count
 
 
-def command_calls(urls: list[str]) -> int:
-    """Commands run so far by the Redis servers at `urls` (INFO commandstats: a script call and every command
-    it runs inside count one each), INFO itself excepted."""
+def command_calls(ports: set[int]) -> int:
+    """Commands run so far by the local Redis servers on `ports` (INFO commandstats), INFO itself excepted."""
     total = 0
-    for url in urls:
-        with redis.Redis.from_url(url) as client:
+    for port in ports:
+        with redis.Redis(port=port) as client:
             stats = cast(dict[str, dict[str, Any]], client.info("commandstats"))
             total += sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_ping"))
     return total
@@ -132,10 +129,6 @@ def percentile(values: list[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 class Sampler:
@@ -164,7 +157,7 @@ class Sampler:
             await asyncio.sleep(0.5)
 
     async def __aenter__(self) -> Sampler:
-        self.commands = command_calls(self.stack.redis_urls)
+        self.commands = command_calls(self.stack.redis_ports)
         self._started = time.monotonic()
         self.cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self.waited = {name: runqueue_wait_s(pid) for name, pid in self.pids.items()}
@@ -178,7 +171,7 @@ class Sampler:
         self.elapsed = time.monotonic() - self._started
         self.cpu = {name: cpu_seconds(pid) - self.cpu[name] for name, pid in self.pids.items()}
         self.waited = {name: runqueue_wait_s(pid) - self.waited[name] for name, pid in self.pids.items()}
-        self.commands = command_calls(self.stack.redis_urls) - self.commands
+        self.commands = command_calls(self.stack.redis_ports) - self.commands
 
 
 # Running streams and summing up what they got.
@@ -189,9 +182,7 @@ def launch(requests: list[Request], max_seconds: float) -> tuple[list[Stream], a
     -> the live streams, and a future done when all are (cancel it to stop them)."""
     limit = asyncio.Semaphore(CONNECT_LIMIT)
     streams = [Stream() for _ in requests]
-    fetches = (
-        fetch(r, s, max_seconds=max_seconds, connect_limit=limit) for r, s in zip(requests, streams, strict=True)
-    )
+    fetches = (fetch(r, s, max_seconds=max_seconds, limit=limit) for r, s in zip(requests, streams, strict=True))
     return streams, asyncio.gather(*fetches)
 
 
@@ -213,8 +204,8 @@ def errors(streams: list[Stream], expected_chars: int, limit: int = 5) -> dict[s
     for s in streams:
         if s.error is not None:
             reasons[s.error[:160]] += 1
-        elif s.terminal == "error":
-            reasons[f"error event: {(s.terminal_data or {}).get('code')}"] += 1
+        elif s.terminal is not None and s.terminal["type"] == "error":
+            reasons[f"error event: {s.terminal.get('code')}"] += 1
         elif s.content_chars != expected_chars:
             reasons[f"wrong length: {s.content_chars} of {expected_chars} chars"] += 1
     return dict(reasons.most_common(limit))
@@ -223,12 +214,12 @@ def errors(streams: list[Stream], expected_chars: int, limit: int = 5) -> dict[s
 def summarize(streams: list[Stream], shape: Shape, since: float | None = None) -> Result:
     """Rates, TTFT and token timing of streams run at once; `since`: all started at that gate (else each at
     its connect). Tokens count the final texts: content discarded by a `reset` is not throughput."""
-    starts = [since] if since is not None else [s.started for s in streams if s.started is not None]
-    ends = [s.terminal_at or s.last_event_at for s in streams if s.last_event_at is not None]
+    starts = [since] if since is not None else [s.started for s in streams if s.started]
+    ends = [s.last_event_at for s in streams if s.last_event_at is not None]
     wall = max(ends) - min(starts) if starts and ends else float("nan")
-    events = sum(s.content_events for s in streams)
+    events = sum(len(s.content_times) for s in streams)
     tokens = sum(s.content_chars for s in streams) / shape.size
-    ttfts = [(s.first_content_at - (since or s.started or 0)) * 1000 for s in streams if s.first_content_at]
+    ttfts = [(s.first_content_at - (since or s.started)) * 1000 for s in streams if s.first_content_at]
     # Gap between consecutive content events of a stream minus the pacing: k tokens in one event show as ~k gaps.
     gaps = [(b - a) * 1000 - shape.delay_ms for s in streams for a, b in itertools.pairwise(s.content_times)]
     late = lateness_ms(streams) if shape.clock else []
@@ -240,6 +231,7 @@ def summarize(streams: list[Stream], shape: Shape, since: float | None = None) -
         "errors": errors(streams, shape.chars),
         "wall_s": wall,
         "tokens": tokens,
+        "events": events,
         "tokens_per_s": tokens / wall if wall > 0 else float("nan"),
         "events_per_s": events / wall if wall > 0 else float("nan"),
         "tokens_per_event": tokens / events if events else float("nan"),
@@ -279,7 +271,7 @@ async def measure(stack: BenchStack, requests: list[Request], shape: Shape, max_
 
 
 def medians(rounds: list[Result], *keys: str) -> Result:
-    return {key: median([r[key] for r in rounds]) for key in keys}
+    return {key: percentile([r[key] for r in rounds], 50) for key in keys}
 
 
 def table(title: str, header: list[str], rows: list[list[Any]]) -> Result:

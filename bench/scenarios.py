@@ -19,7 +19,6 @@ from bench.common import (
     cpu_seconds,
     launch,
     measure,
-    median,
     medians,
     percentile,
     progress,
@@ -66,8 +65,7 @@ def deadline_s(streams: int, shape: Shape = STANDARD) -> float:
 
 
 async def ttft_pairs(requests: dict[str, Request], samples: int, rounds: int) -> Result:
-    """Time to first content of one small generation at a time, the systems alternated (A, B, A, B: machine
-    noise hits both alike); percentiles per round, medians of the rounds, and each system minus the first."""
+    """TTFT one request at a time, the systems alternated (machine noise hits both alike); medians of rounds."""
     for _ in range(10):  # warm-up: imports, first connections, the hub's readers
         for request in requests.values():
             await fetch(request, max_seconds=30)
@@ -93,10 +91,9 @@ async def ttft(plan: Plan) -> Result:
     with bench_stack("ttft", baselines=("direct",)) as stack:
         requests = {"direct": SMALL.post(stack.urls["direct"]), "relay": SMALL.post(stack.api_url)}
         out = await ttft_pairs(requests, plan.ttft_samples, plan.rounds)
-    diff = {q: out["relay"][q] - out["direct"][q] for q in ("p50", "p99")}
+    diffs = {(q, ms): out["relay"][q] - out["direct"][q] for q, ms in (("p50", 3), ("p99", 15))}
     out["targets"] = [
-        target("TTFT p50, relay - direct <= 3 ms (`ttft`)", diff["p50"], diff["p50"] <= 3),
-        target("TTFT p99, relay - direct <= 15 ms (`ttft`)", diff["p99"], diff["p99"] <= 15),
+        target(f"TTFT {q}, relay - direct <= {ms} ms (`ttft`)", d, d <= ms) for (q, ms), d in diffs.items()
     ]
     return out
 
@@ -124,8 +121,7 @@ _LEVEL_HEADER = ["streams", "system", "tokens/s", "ratio", "TTFT p50 ms", "TTFT 
 
 
 async def _levels(name: str, levels: tuple[int, ...], rounds: int) -> Result:
-    """N live streams at once through API, worker and the fake upstream vs the bare Starlette baseline serving
-    the same events from memory; level by level, round by round (baseline, then relay)."""
+    """N live streams at once vs bare Starlette, level by level, round by round (baseline, then relay)."""
     points, rows = [], []
     with bench_stack(name, baselines=("memory",), overrides=scale_overrides(max(levels))) as stack:
         relay_request, memory_request = STANDARD.post(stack.api_url), STANDARD.memory(stack.urls["memory"])
@@ -146,7 +142,7 @@ async def _levels(name: str, levels: tuple[int, ...], rounds: int) -> Result:
             await asyncio.sleep(2.0)  # finished generations' bookkeeping settles before the next round
     top = [p["ratio"] for p in points if p["streams"] == max(levels)]
     title = f"{name}: {STANDARD.chunks} tokens of {STANDARD.size} chars every {STANDARD.delay_ms} ms per stream"
-    return {"points": points, "median_ratio": median(top), "tables": [table(title, _LEVEL_HEADER, rows)]}
+    return {"points": points, "median_ratio": percentile(top, 50), "tables": [table(title, _LEVEL_HEADER, rows)]}
 
 
 async def throughput(plan: Plan) -> Result:
@@ -164,8 +160,7 @@ async def curve(plan: Plan) -> Result:
 async def _hold(
     stack: BenchStack, requests: list[Request], name: str, watch_s: float
 ) -> tuple[Result, asyncio.Future[list[Stream]]]:
-    """Opens every request to process `name`, waits until each got an event, then checks that each keeps
-    receiving while held; -> the numbers, and the streams still running."""
+    """Opens every request to `name`, each gets an event, each keeps receiving; -> numbers, running streams."""
     pid = stack.pid(name)
     rss, cpu, started = rss_kib(pid), cpu_seconds(pid), time.monotonic()
     streams, running = launch(requests, 900)
@@ -188,20 +183,18 @@ async def _hold(
 
 
 async def many_clients(plan: Plan) -> Result:
-    """10,000 SSE clients held by one API process on 20 slow background generations; RSS per client vs the
-    bare Starlette baseline holding as many."""
     generations = 20
     slow = Shape(chunks=100, size=8, delay_ms=5000 if not plan.quick else 1000)
     watch_s = 2 * slow.delay_ms / 1000 + 2  # every held client must see at least one new event
     with bench_stack("many_clients", baselines=("memory",), overrides=scale_overrides(generations)) as stack:
-        created = [await fetch(slow.post(stack.api_url, background=True), keep_body=True) for _ in range(generations)]
+        created = [await fetch(slow.post(stack.api_url, background=True)) for _ in range(generations)]
         ids = [json.loads(c.body)["id"] for c in created]
         per = plan.clients // generations
         requests = [Request.to(f"{stack.api_url}/v1/generations/{i}/events") for i in ids for _ in range(per)]
         await asyncio.sleep(2.0)  # every generation is streaming before the clients arrive
         relay, running = await _hold(stack, requests, "api", watch_s)
         for generation_id in ids:
-            await fetch(Request.to(f"{stack.api_url}/v1/generations/{generation_id}/cancel", {}), keep_body=True)
+            await fetch(Request.to(f"{stack.api_url}/v1/generations/{generation_id}/cancel", {}))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(running, 30)
         progress(f"many_clients: {relay['receiving']} of {plan.clients} receiving")
@@ -224,17 +217,17 @@ MODES = {"paced": (Shape(50, 8, 20), 1), "max": (Shape(200, 8, 0), 10)}  # shape
 
 
 async def _gated(
-    stack: BenchStack, requests: list[Request], name: str, go: Callable[[], Awaitable[None]]
-) -> tuple[float, list[Stream], float]:
-    """Connects every request, then opens the gate (`go`) and measures from there: CPU seconds of `name`."""
+    stack: BenchStack, shape: Shape, requests: list[Request], name: str, go: Awaitable[Any]
+) -> tuple[Result, Any]:
+    """Connects every request, then opens the gate (`go`) and measures from there, with the CPU of `name`."""
     streams, running = launch(requests, 300)
     await wait_until(lambda: all(s.headers_at is not None or s.ended is not None for s in streams), 120)
     await asyncio.sleep(0.5)  # the hub's readers have every key before the first event
     async with Sampler(stack, {name: stack.pid(name)}) as sampler:
         gate = time.perf_counter()
-        await go()
-        await running
-    return sampler.cpu[name], streams, gate
+        opened, _ = await asyncio.gather(go, running)
+    out, cpu = summarize(streams, shape, gate), sampler.cpu[name]
+    return {**out, "server_cpu_s": cpu, "us_per_event": 1e6 * cpu / max(1, out["events"])}, opened
 
 
 async def _relay_round(stack: BenchStack, shape: Shape, per_call: int, n: int) -> Result:
@@ -242,55 +235,36 @@ async def _relay_round(stack: BenchStack, shape: Shape, per_call: int, n: int) -
     producer = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.producer", *args, cwd=ROOT, env=stack.env, stdin=-1, stdout=-1
     )
-    stdin, stdout = producer.stdin, producer.stdout
-    assert stdin is not None and stdout is not None
+    assert producer.stdout is not None
     try:
-        ids = json.loads(await asyncio.wait_for(stdout.readline(), 120))  # created and claimed
+        ids = json.loads(await asyncio.wait_for(producer.stdout.readline(), 120))  # created and claimed
         requests = [Request.to(f"{stack.api_url}/v1/generations/{i}/events") for i in ids]
-
-        async def go() -> None:
-            stdin.write(b"go\n")
-            await stdin.drain()
-
-        cpu, streams, gate = await _gated(stack, requests, "api", go)
-        out, _ = await asyncio.wait_for(producer.communicate(), 60)
+        go = asyncio.wait_for(producer.communicate(b"go\n"), 360)  # then it writes, exits and prints its summary
+        out, (summary, _) = await _gated(stack, shape, requests, "api", go)
     finally:
         if producer.returncode is None:
             producer.kill()
             await producer.wait()
-    return {**summarize(streams, shape, gate), "server_cpu_s": cpu, "producer": json.loads(out)}
-
-
-async def _memory_round(stack: BenchStack, shape: Shape, n: int, gate: int) -> Result:
-    url = stack.urls["memory"]
-
-    async def go() -> None:
-        await fetch(Request.to(f"{url}/open?gate={gate}", {}), keep_body=True)
-
-    cpu, streams, started = await _gated(stack, [shape.memory(url, gate)] * n, "memory", go)
-    return {**summarize(streams, shape, started), "server_cpu_s": cpu}
-
-
-def _per_event(result: Result) -> float:
-    events = result["tokens"] / max(1e-9, result["tokens_per_event"])
-    return float(1e6 * result["server_cpu_s"] / max(1.0, events))
+    return {**out, "producer": json.loads(summary)}
 
 
 async def delivery(plan: Plan) -> Result:
     """Two modes: paced like the other scenarios, and as fast as each side can go; medians of the rounds."""
     n, rounds, modes, rows, gate = plan.delivery_streams, plan.rounds, {}, [], 0
     with bench_stack("delivery", workers=0, baselines=("memory",)) as stack:
+        url = stack.urls["memory"]
         for name, (shape, per_call) in MODES.items():
             pairs = []
             for index in range(rounds):
                 gate += 1
-                base = await _memory_round(stack, shape, n, gate)
+                go = fetch(Request.to(f"{url}/open?gate={gate}", {}))
+                base, _ = await _gated(stack, shape, [shape.memory(url, gate)] * n, "memory", go)
                 relay = await _relay_round(stack, shape, per_call, n)
                 pairs.append({"baseline": base, "relay": relay, "ratio": relay["events_per_s"] / base["events_per_s"],
-                              "cpu_ratio": _per_event(base) / _per_event(relay)})  # fmt: skip
+                              "cpu_ratio": base["us_per_event"] / relay["us_per_event"]})  # fmt: skip
                 progress(f"delivery {name} round {index + 1}: {pairs[-1]['ratio']:.1%} of the baseline's events/s")
             modes[name] = {"rounds": pairs, **medians(pairs, "ratio", "cpu_ratio")}
-            api, memory = (sorted(_per_event(p[k]) for p in pairs)[len(pairs) // 2] for k in ("relay", "baseline"))
+            api, memory = (percentile([p[k]["us_per_event"] for p in pairs], 50) for k in ("relay", "baseline"))
             rows.append(
                 [name, shape.chunks, shape.delay_ms, modes[name]["ratio"], modes[name]["cpu_ratio"], api, memory]
             )
@@ -305,9 +279,7 @@ async def delivery(plan: Plan) -> Result:
 
 
 async def batching(plan: Plan) -> Result:
-    """Adaptive batching (COALESCE_MS=0: a write as soon as the generation has none in flight) vs the former
-    fixed 150 ms window, one stack per (load, window): tokens per event and token lateness (the fake upstream's
-    send stamp to the client) at light load; Redis commands per token and tokens per event at saturation."""
+    """Adaptive batching (COALESCE_MS=0) vs the former fixed 150 ms window, one stack per (load, window)."""
     loads = {
         "light": (plan.light, Shape(chunks=100, size=18, delay_ms=25, clock=True)),  # a typical 40 tokens/s
         "saturated": (plan.saturated, Shape(chunks=300, size=18, delay_ms=10, clock=True)),
@@ -343,9 +315,7 @@ async def _sdk_loop(stack: BenchStack, shape: Shape, streams: int, transport: st
 
 
 async def cost(plan: Plan) -> Result:
-    """Worker CPU per token vs a plain asyncio loop over the SDK's typed stream, same upstream, alternately; the
-    loop on the SDK's default HTTP client (the target's baseline) and on its aiohttp transport (the worker's).
-    The worker's CPU covers everything it does for a generation (pick-up, Redis writes, the stored result)."""
+    """Worker CPU per token vs the SDK loop on its default client and on aiohttp, alternately, same upstream."""
     shape = Shape(chunks=500, size=4, delay_ms=5)
     n, rounds, rows = plan.cost_streams, [], []
     with bench_stack("cost", overrides=scale_overrides(n)) as stack:
@@ -360,16 +330,14 @@ async def cost(plan: Plan) -> Result:
                            "ratio": ratio, "ratio_aiohttp": ratio_aiohttp})  # fmt: skip
             rows.append([index + 1, worker, sdk["tokens_per_cpu_s"], ratio, aiohttp["tokens_per_cpu_s"], ratio_aiohttp,
                          relay["tokens_per_event"], relay["ok"]])  # fmt: skip
-            progress(
-                f"cost round {index + 1}: worker / SDK loop {ratio:.2f}, / the loop on aiohttp {ratio_aiohttp:.2f}"
-            )
-    ratio = median([r["ratio"] for r in rounds])
+            progress(f"cost round {index + 1}: worker / SDK loop {ratio:.2f}, / on aiohttp {ratio_aiohttp:.2f}")
+    ratio = percentile([r["ratio"] for r in rounds], 50)
     header = ["round", "worker tokens/CPU-s", "SDK loop tokens/CPU-s", "ratio", "SDK loop on aiohttp tokens/CPU-s",
               "ratio to aiohttp loop", "tokens/event", "ok"]  # fmt: skip
     return {
         "rounds": rounds,
         "median_ratio": ratio,
-        "median_ratio_aiohttp": median([r["ratio_aiohttp"] for r in rounds]),
+        "median_ratio_aiohttp": percentile([r["ratio_aiohttp"] for r in rounds], 50),
         "tables": [table(f"cost: {n} streams x {shape.chunks} tokens, `{shape.model}`", header, rows)],
         "targets": [target("worker tokens per CPU-second / plain SDK loop's >= 2 (`cost`, median)", ratio, ratio >= 2)],
     }
@@ -379,8 +347,7 @@ _LAYOUTS = {"1x1": (1, 1, False), "2x2": (2, 2, False), "2x2 cluster": (2, 2, Tr
 
 
 async def scale_out(plan: Plan) -> Result:
-    """The same load on 1 API x 1 worker (clients straight to the API), on 2 x 2 behind nginx, and on 2 x 2 with
-    the streams on a 3-master Redis Cluster (the queue on plain Redis); and the TTFT nginx adds."""
+    """The same load on each layout (1 x 1 without nginx), and the TTFT nginx adds."""
     n, layouts, rows, overhead = plan.scale_streams, {}, [], {}
     for name, (apis, workers, cluster) in _LAYOUTS.items():
         with bench_stack(f"scale_out_{name.replace(' ', '_')}", apis=apis, workers=workers, cluster=cluster,
@@ -410,13 +377,5 @@ async def scale_out(plan: Plan) -> Result:
 
 
 SCENARIOS: dict[str, Callable[[Plan], Awaitable[Result]]] = {
-    "ttft": ttft,
-    "idle_cpu": idle_cpu,
-    "throughput": throughput,
-    "curve": curve,
-    "many_clients": many_clients,
-    "delivery": delivery,
-    "batching": batching,
-    "cost": cost,
-    "scale_out": scale_out,
+    f.__name__: f for f in (ttft, idle_cpu, throughput, curve, many_clients, delivery, batching, cost, scale_out)
 }
