@@ -57,11 +57,6 @@ async def _direct_lifespan(app: FastAPI) -> AsyncIterator[None]:
 direct_app = FastAPI(lifespan=_direct_lifespan)
 
 
-@direct_app.get("/healthz")
-async def direct_health() -> dict[str, str]:
-    return {"status": "ok"}
-
-
 @direct_app.post("/v1/generations")
 async def direct_generate(body: DirectBody, request: Request) -> StreamingResponse:
     client: openai.AsyncOpenAI = request.app.state.client
@@ -92,13 +87,8 @@ async def direct_generate(body: DirectBody, request: Request) -> StreamingRespon
 _gates: dict[int, asyncio.Event] = {}
 
 
-def _param(request: Request, name: str, default: int) -> int:
-    return int(request.query_params.get(name, default))
-
-
 async def memory_stream(request: Request) -> Response:
-    count, size, gate = _param(request, "n", 50), _param(request, "size", 8), _param(request, "gate", 0)
-    delay_s = _param(request, "delay_ms", 20) / 1000
+    count, size, delay_ms, gate = (int(request.query_params[k]) for k in ("n", "size", "delay_ms", "gate"))
     piece = ("abcdefgh" * (size // 8 + 1))[:size]
 
     async def events() -> AsyncIterator[bytes]:
@@ -108,8 +98,8 @@ async def memory_stream(request: Request) -> Response:
         base_ms = int(time.time() * 1000)
         content = {"type": "content", "data": piece}
         for index in range(count):
-            if delay_s:
-                await asyncio.sleep(delay_s)
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)
             yield frame(content, f"{base_ms}-{index}")
         yield frame(done_payload(piece * count, "stop"), f"{base_ms}-{count}")
 
@@ -117,18 +107,15 @@ async def memory_stream(request: Request) -> Response:
 
 
 async def memory_open(request: Request) -> Response:
-    _gates.setdefault(_param(request, "gate", 0), asyncio.Event()).set()
+    _gates.setdefault(int(request.query_params["gate"]), asyncio.Event()).set()
     return JSONResponse({"status": "open"})
 
 
-async def memory_health(request: Request) -> Response:
+async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+direct_app.add_route("/healthz", health)
 memory_app = Starlette(
-    routes=[
-        Route("/stream", memory_stream, methods=["GET"]),
-        Route("/open", memory_open, methods=["POST"]),
-        Route("/healthz", memory_health, methods=["GET"]),
-    ]
+    routes=[Route("/stream", memory_stream), Route("/open", memory_open, methods=["POST"]), Route("/healthz", health)]
 )

@@ -1,7 +1,4 @@
-"""A cheap stand-in for the worker: appends real content/done events to many generations' streams, pipelined.
-
-`python -m bench.producer STREAMS EVENTS SIZE DELAY_MS PER_CALL` creates STREAMS generations, prints their ids
-(a JSON list), waits for `go` on stdin, then writes their events and prints a JSON summary."""
+"""`delivery`'s stand-in for the worker: `python -m bench.producer STREAMS EVENTS SIZE DELAY_MS PER_CALL`."""
 
 from __future__ import annotations
 
@@ -24,18 +21,6 @@ from shared.state import Generations, Status
 # Script calls per pipeline: big enough to amortise the round trip, small enough that the first streams of a
 # tick are not held back behind the encoding of the last ones.
 _PIPELINE_CALLS = 250
-
-
-class _Collect:
-    """Stands in for Generations' PUBLISH script call: the service's own `publish` builds the exact keys and
-    ARGV (whatever their layout), and the producer sends the collected calls in pipelines."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[str], list[Any]]] = []
-
-    async def __call__(self, keys: list[str], args: list[Any]) -> list[Any]:
-        self.calls.append((keys, args))
-        return [1, "", ""]  # "written": the real reply is read from the pipeline
 
 
 async def create(settings: Settings, n: int) -> list[str]:
@@ -66,7 +51,14 @@ async def produce(
     per tick carrying `per_call` events (a tick every `delay_ms`, or back to back when 0)."""
     # One connection: pipelines go out in order, and the producer's cost stays one socket's.
     redis = Redis.from_url(settings.streams_url, decode_responses=True, single_connection_client=True)
-    generations, collect = Generations(redis, settings), _Collect()
+    generations = Generations(redis, settings)
+    calls: list[list[Any]] = []
+
+    async def collect(keys: list[str], args: list[Any]) -> list[Any]:
+        """Stands in for the PUBLISH script call: the service's own `publish` builds its exact ARGV."""
+        calls.append(args)
+        return [1, "", ""]  # "written": the real reply is read from the pipeline
+
     generations._publish = collect  # type: ignore[assignment]
     piece = ("abcdefgh" * (size // 8 + 1))[:size]
     content, done = events.content(piece), events.done(piece * count, "stop", None)
@@ -80,12 +72,11 @@ async def produce(
             last = sent + batch >= count
             # The service's publish builds this tick's ARGV once (sequence-numbered, as the worker's publisher
             # writes); every generation's call differs only in keys.
-            collect.calls.clear()
             status: Status | None = "done" if last else None
             payloads = [content] * batch + ([done] if last else [])
             fields = {"finish_reason": "stop"} if last else None
             await generations.publish(ids[0], 1, payloads, status, fields, first=sent == 0, seq=ticks + 1)
-            _, args = collect.calls[0]
+            args = calls[-1]
             for start in range(0, len(ids), _PIPELINE_CALLS):
                 async with redis.pipeline(transaction=False) as pipe:
                     for generation_id in ids[start : start + _PIPELINE_CALLS]:

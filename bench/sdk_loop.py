@@ -1,10 +1,4 @@
-"""The worker's cost baseline: a plain asyncio loop over the openai SDK's typed stream, printing its CPU per token.
-
-`python -m bench.sdk_loop URL MODEL PROMPT STREAMS [aiohttp]` runs STREAMS completions at once against URL (the
-same fake upstream the worker reads) and prints one JSON line: chunks with content, process CPU seconds, wall
-seconds. It does the least a relay must do with each chunk: look at its content and finish_reason. With `aiohttp`,
-the SDK reads through its aiohttp transport (the worker's, worker/upstream.py) instead of its default HTTP client.
-"""
+"""`cost`'s baseline, a plain asyncio loop over the SDK: `python -m bench.sdk_loop URL MODEL PROMPT N [aiohttp]`."""
 
 from __future__ import annotations
 

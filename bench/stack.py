@@ -1,5 +1,4 @@
-"""Starts and stops what a scenario measures: its own Redis (or Redis Cluster), fake upstream, APIs, workers,
-baselines, nginx."""
+"""Starts and stops what a scenario measures: Redis (or a Cluster), fake upstream, APIs, workers, baselines, nginx."""
 
 from __future__ import annotations
 
@@ -40,12 +39,6 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def uvicorn_args(app: str, port: int) -> list[str]:
-    """The same server options for sse-relay's API and for every baseline."""
-    return ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-            "--timeout-graceful-shutdown", "3", "--loop", "uvloop"]  # fmt: skip
-
-
 @dataclass
 class BenchStack(Stack):
     """A Stack with the benchmark's uvicorn options, several APIs and workers, baselines; `servers` are the
@@ -56,8 +49,11 @@ class BenchStack(Stack):
     urls: dict[str, str] = field(default_factory=dict)  # name -> base URL of each API, baseline and proxy
 
     def start_server(self, name: str, app: str) -> str:
+        """sse-relay's API or a baseline, with the same uvicorn options."""
         url = f"http://127.0.0.1:{(port := free_port())}"
-        process = self.start(name, uvicorn_args(app, port), env={**self.env, "BENCH_UPSTREAM_URL": self.upstream_url})
+        args = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+                "--timeout-graceful-shutdown", "3", "--loop", "uvloop"]  # fmt: skip
+        process = self.start(name, args, env={**self.env, "BENCH_UPSTREAM_URL": self.upstream_url})
         health = "/readyz" if app == "api.main:app" else "/healthz"
         wait_for(lambda: _get_ok(url + health), name, process, timeout=90)
         self.urls[name] = url
@@ -69,10 +65,6 @@ class BenchStack(Stack):
     def pids(self) -> dict[str, int]:
         """Every process of the stack and the Redis servers: who uses the CPU."""
         return {**{n: p.popen.pid for n, p in self.processes.items()}, **self.servers}
-
-    @property
-    def redis_urls(self) -> list[str]:
-        return [f"redis://127.0.0.1:{port}" for port in sorted(self.redis_ports)]
 
 
 @contextmanager
@@ -86,8 +78,7 @@ def bench_stack(
     nginx: bool = False,
     overrides: dict[str, str] | None = None,
 ) -> Iterator[BenchStack]:
-    """Starts what a scenario needs on a Redis server of its own (so INFO commandstats and the server's CPU are
-    the scenario's alone; with `cluster`, streams on a 3-master Redis Cluster and the queue on the plain one) and
+    """Starts what a scenario needs on a Redis server of its own (`cluster`: streams on a 3-master Cluster) and
     stops all of it, whatever happens. Logs land in bench/out/logs/NAME. `workers=0`: the API alone."""
     logdir = OUT / "logs" / name
     shutil.rmtree(logdir, ignore_errors=True)
