@@ -38,10 +38,6 @@ DEMO_DELAY_MS = 25
 MALFORMED_LINE = b'data: {"id": "broken", not json\n\n'
 # How long `malformed` keeps the connection open after the bad line, so the client fails on parsing, not EOF.
 MALFORMED_LINGER_S = 1.0
-# How long after its last piece `cut` breaks the connection: long enough for the relay to have read that piece.
-# A break in the same instant as the last piece is a race: the worker's HTTP client (aiohttp) drops what it had
-# received but not yet handed over when the connection fails.
-CUT_LINGER_S = 0.05
 
 _PARAMS = frozenset({"delay_ms", "chunk", "after", "fail_times", "retry_after_ms", "stall_s", "vary", "clock"})
 _STATUS_MODEL = re.compile(r"status-(\d{3})")
@@ -319,7 +315,6 @@ async def _stream_body(c: _Completion) -> AsyncGenerator[bytes, None]:
         if scenario.name == "truncate":
             return
         if scenario.name == "cut":
-            await asyncio.sleep(CUT_LINGER_S)
             raise _CutConnection
         if scenario.name == "stall":
             # Cancelled by _RacingResponse as soon as the client goes away; otherwise the stream resumes.

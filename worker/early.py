@@ -9,12 +9,11 @@ task ends (worker/relay.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import openai
 
 from shared.jobs import StoredRequest
-from worker.upstream import Opened, open_stream
+from worker.upstream import Opened, open_stream, release
 
 
 class EarlyStarts:
@@ -22,7 +21,6 @@ class EarlyStarts:
 
     def __init__(self) -> None:
         self._pending: dict[str, asyncio.Task[Opened]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
 
     def start(self, generation_id: str, client: openai.AsyncOpenAI, request: StoredRequest) -> None:
         self.discard(generation_id)
@@ -34,18 +32,5 @@ class EarlyStarts:
 
     def discard(self, generation_id: str) -> None:
         opening = self._pending.pop(generation_id, None)
-        if opening is None:
-            return
-        if not opening.done():
-            opening.cancel()  # the SDK closes a connection whose request is cancelled
-            return
-        if opening.cancelled() or opening.exception() is not None:
-            return
-        closing = asyncio.ensure_future(_close(opening.result()))
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
-
-
-async def _close(opened: Opened) -> None:
-    with contextlib.suppress(Exception):
-        await opened.aclose()
+        if opening is not None:
+            release(opening)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 import openai
@@ -14,6 +14,7 @@ import pydantic
 from shared.config import Settings
 from shared.errors import ErrorCode
 from shared.jobs import StoredRequest
+from worker.body import Opened
 from worker.stream_parse import DONE, DataDecoder, Outcome, Piece, ProviderError, read_chunk
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "describe",
     "make_client",
     "open_stream",
+    "release",
     "stream_pieces",
 ]
 
@@ -64,17 +66,6 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
-class Opened:
-    """A provider response whose body is still to be read, and the context that closes it."""
-
-    def __init__(self, manager: Any, response: Any) -> None:
-        self._manager = manager
-        self.response = response
-
-    async def aclose(self) -> None:
-        await self._manager.__aexit__(None, None, None)
-
-
 async def open_stream(client: openai.AsyncOpenAI, request: StoredRequest) -> Opened:
     """Sends the request (the SDK: auth, retries before the first byte, status errors); the body is unread."""
     manager = client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
@@ -91,7 +82,7 @@ async def stream_pieces(
     client: openai.AsyncOpenAI,
     request: StoredRequest,
     outcome: Outcome,
-    opening: Awaitable[Opened] | None = None,
+    opening: asyncio.Task[Opened] | None = None,
 ) -> AsyncIterator[Piece]:
     """Yields the answer's pieces; raises UpstreamError for every failure, including a truncated stream.
 
@@ -99,10 +90,10 @@ async def stream_pieces(
     already sent (worker/early.py); its failure is classified like any other.
     """
     try:
-        opened = await (opening if opening is not None else open_stream(client, request))
+        opened = await (_opened(opening) if opening is not None else open_stream(client, request))
         # Closed however this generator ends, also when it is closed or cancelled mid-stream.
         try:
-            async for piece in _read(opened.response.http_response, outcome):
+            async for piece in _read(opened, outcome):
                 yield piece
         finally:
             await opened.aclose()
@@ -114,13 +105,39 @@ async def stream_pieces(
         raise UpstreamError(ErrorCode.UPSTREAM_BAD_RESPONSE, "stream ended without a finish_reason")
 
 
-async def _read(response: Any, outcome: Outcome) -> AsyncIterator[Piece]:
+async def _opened(opening: asyncio.Task[Opened]) -> Opened:
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        # Cancelled while the request was on its way, or in the instant it arrived: nobody else will close it.
+        release(opening)
+        raise
+
+
+def release(opening: asyncio.Task[Opened]) -> None:
+    """A request sent for a stream that will not be read: cancelled on its way, or closed once answered."""
+    if not opening.done():
+        opening.cancel()  # the SDK closes a connection whose request is cancelled
+    elif not opening.cancelled() and opening.exception() is None:
+        closing = asyncio.ensure_future(_close(opening.result()))
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()  # referenced until done: the loop keeps only weak references
+
+
+async def _close(opened: Opened) -> None:
+    with contextlib.suppress(Exception):
+        await opened.aclose()
+
+
+async def _read(opened: Opened, outcome: Outcome) -> AsyncIterator[Piece]:
     decoder = DataDecoder()
-    body = response.aiter_bytes()
-    async for raw in body:
+    async for raw in opened.chunks():
         for data in decoder.feed(raw):
             if data.startswith(DONE):
-                await _drain(body)
+                await opened.rest(_DRAIN_S)
                 return
             for piece in read_chunk(data, outcome):
                 yield piece
@@ -129,17 +146,6 @@ async def _read(response: Any, outcome: Outcome) -> AsyncIterator[Piece]:
             return
         for piece in read_chunk(data, outcome):
             yield piece
-
-
-async def _drain(body: AsyncIterator[bytes]) -> None:
-    """Read what follows [DONE] (normally nothing) so the connection can be reused; a provider that keeps
-    sending or holds the body open gets its connection closed instead."""
-    try:
-        async with asyncio.timeout(_DRAIN_S):
-            async for _ in body:
-                pass
-    except Exception:  # the answer is complete: whatever the body does now is not an error
-        return
 
 
 _STATUS_CODES: dict[int, ErrorCode] = {

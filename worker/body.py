@@ -1,0 +1,53 @@
+"""A provider response whose body a task of its own reads as it arrives (made by worker/upstream.py's open_stream).
+
+aiohttp, the SDK transport the worker uses, discards body bytes it has received but not yet handed over when the
+connection then fails: a worker that is busy (an on_content hook, a thousand streams, a request sent before its
+job runs) would lose an answer's last pieces, or a complete answer whose connection closed uncleanly after
+`[DONE]`. So a reader task waits on the body at all times and moves each chunk into a queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from shared.tasks import cancel_and_wait
+
+_END = None
+
+
+class Opened:
+    """The provider's answer as sent: `chunks()` yields its body, then raises the body's failure, if any."""
+
+    def __init__(self, manager: Any, response: Any) -> None:
+        self._manager = manager  # the SDK's response context: its exit closes the response
+        self._chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        self._reader = asyncio.ensure_future(self._read(response.http_response.aiter_bytes()))
+
+    async def _read(self, body: AsyncIterator[bytes]) -> None:
+        try:
+            async for chunk in body:
+                self._chunks.put_nowait(chunk)
+        except Exception as exc:
+            self._chunks.put_nowait(exc)
+        else:
+            self._chunks.put_nowait(_END)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            item = await self._chunks.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def rest(self, within_s: float) -> None:
+        """Give the body `within_s` to end by itself (normally nothing follows `[DONE]`), so that its connection
+        can be reused; `aclose` drops a connection that is still sending."""
+        await asyncio.wait([self._reader], timeout=within_s)
+
+    async def aclose(self) -> None:
+        await cancel_and_wait(self._reader)
+        await self._manager.__aexit__(None, None, None)
