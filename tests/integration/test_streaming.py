@@ -109,3 +109,15 @@ async def test_many_clients_watch_one_generation_and_see_the_same_events(
     seen = await asyncio.gather(*(watch() for _ in range(5)))
     assert all(s == seen[0] for s in seen)
     assert seen[0][-1].endswith(":done")
+
+
+async def test_each_generation_sends_one_provider_request(
+    client: httpx.AsyncClient, upstream: httpx.AsyncClient
+) -> None:
+    # The worker sends the request when it takes the job (worker/early.py); the generation must read that one,
+    # not send its own as well.
+    assert (await upstream.post("/_fake/reset")).status_code == 200
+    for index in range(3):
+        async with client.stream("POST", "/v1/generations", json={"prompt": f"echo:once {index}"}) as response:
+            assert text_of(await read_events(response)) == f"once {index}"
+    assert (await upstream.get("/_fake/stats")).json()["requests"] == 3
