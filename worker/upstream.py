@@ -174,19 +174,23 @@ def _transport_kind(exc: BaseException) -> str | None:
     return None
 
 
+def _aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:
+    """The aiohttp error behind an SDK or httpx2 one (the chain is SDK error -> httpx2 error -> aiohttp error)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, aiohttp.ClientError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 def _aiohttp_kind(exc: BaseException) -> str | None:
     """The aiohttp error behind an SDK or httpx2 one, judged by itself: the SDK's transport maps every
     aiohttp connection error (a refused connection, a server that hung up) to a connect *timeout*."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # the chain is SDK error -> httpx2 error -> aiohttp error
-        if seen is None:
-            return None
-        if isinstance(seen, (aiohttp.ServerTimeoutError, aiohttp.SocketTimeoutError)):
-            return "timeout"
-        if isinstance(seen, aiohttp.ClientError):
-            return "transport"
-        seen = seen.__cause__
-    return None
+    cause = _aiohttp_cause(exc)
+    if cause is None:
+        return None
+    return "timeout" if isinstance(cause, aiohttp.ServerTimeoutError) else "transport"
 
 
 def classify(exc: BaseException) -> ErrorCode:
@@ -218,4 +222,7 @@ def describe(exc: BaseException) -> str:
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code.isidentifier():
         parts.append(f"provider_code={code}")
+    cause = _aiohttp_cause(exc)
+    if cause is not None:  # the SDK calls a refused connection a timeout: name what really happened
+        parts.append(f"cause={type(cause).__name__}")
     return " ".join(parts)

@@ -183,3 +183,4 @@ async def test_a_refused_connection_is_unavailable() -> None:
         await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
     await client.close()
     assert classify(caught.value) is ErrorCode.UPSTREAM_UNAVAILABLE
+    assert describe(caught.value) == "APITimeoutError cause=ClientConnectorError"  # the log line says what it was
