@@ -95,3 +95,28 @@ async def test_a_request_still_unanswered_when_discarded_is_cancelled(provider: 
     with pytest.raises(asyncio.CancelledError):
         await opening
     await client.close()
+
+
+async def test_a_generation_cancelled_while_its_request_is_on_its_way_cancels_the_request(
+    provider: tuple[_Provider, Settings],
+) -> None:
+    fake, settings = provider
+    client, early = make_client(settings), EarlyStarts()
+    early.start("gen_1", client, REQUEST)
+    opening = early.take("gen_1")
+    assert opening is not None
+    while fake.requests == 0:
+        await asyncio.sleep(0.005)
+
+    async def read() -> None:
+        async for _ in stream_pieces(client, REQUEST, Outcome(), opening):
+            pass
+
+    reading = asyncio.ensure_future(read())
+    await asyncio.sleep(0)  # waiting on the request now
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    with pytest.raises(asyncio.CancelledError):  # nobody else would have: it is the generation's now
+        await asyncio.wait_for(opening, 5)
+    await client.close()

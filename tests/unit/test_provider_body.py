@@ -11,7 +11,7 @@ import pytest
 from shared.config import Settings
 from shared.errors import ErrorCode
 from shared.jobs import StoredRequest
-from worker.upstream import Outcome, UpstreamError, make_client, stream_pieces
+from worker.upstream import Outcome, UpstreamError, make_client, open_stream, stream_pieces
 
 REQUEST = StoredRequest(model="m", messages=[{"role": "user", "content": "hi"}])
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -84,3 +84,36 @@ async def test_a_complete_answer_whose_connection_then_closes_uncleanly_is_compl
         texts, outcome, code = await _read_slowly(settings)
         assert texts == ["a", "b"]
         assert code is None and outcome.finish_reason == "stop"
+
+
+async def test_a_worker_far_behind_holds_at_most_a_mebibyte_and_loses_nothing() -> None:
+    pieces = 4000  # 4000 x ~1 KiB: four times what the reader may hold
+    text = "q" * 1000  # no q in the JSON around it: counting them counts the text
+    done = b"%x\r\n%s\r\n" % (len(b"data: [DONE]\n\n"), b"data: [DONE]\n\n")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        writer.write(_HEAD)
+        for _ in range(pieces):
+            writer.write(_chunk(text))
+            await writer.drain()
+        writer.write(_chunk(None, "stop") + done + b"0\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    settings = Settings(openai_base_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+    client = make_client(settings)
+    opened = await open_stream(client, REQUEST)
+    received, most_held = 0, 0
+    async for chunk in opened.chunks():
+        received += chunk.count(b"q")
+        most_held = max(most_held, opened.held)
+        if received < pieces * len(text) // 2:
+            await asyncio.sleep(0.001)  # the worker is behind: the provider runs ahead as far as it may
+    await opened.aclose()
+    await client.close()
+    server.close()
+    assert received == pieces * len(text)
+    assert most_held <= (1 << 20) + 64 * 1024
