@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import openai
 import pytest
 
 from shared.config import Settings
@@ -19,7 +20,7 @@ class _Provider:
     """A provider on a real socket that answers once it is told to, and notes when a connection closes."""
 
     def __init__(self) -> None:
-        self.requests = 0
+        self.received = asyncio.Event()
         self.answer = asyncio.Event()
         self.closed = asyncio.Event()
 
@@ -29,7 +30,7 @@ class _Provider:
             int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
         )
         await reader.readexactly(length)
-        self.requests += 1
+        self.received.set()
         await self.answer.wait()
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         writer.write(b"%x\r\n%s\r\n" % (len(_CHUNK), _CHUNK))
@@ -54,15 +55,20 @@ async def _until(event: asyncio.Event) -> None:
     await asyncio.wait_for(event.wait(), 5)
 
 
-async def test_the_request_goes_out_at_start_and_its_answer_is_read_by_the_generation(
-    provider: tuple[_Provider, Settings],
-) -> None:
+async def _sent(provider: tuple[_Provider, Settings]) -> tuple[openai.AsyncOpenAI, EarlyStarts]:
+    """The worker's client, with a request for gen_1 started ahead and received by the provider."""
     fake, settings = provider
     client, early = make_client(settings), EarlyStarts()
     early.start("gen_1", client, REQUEST)
-    while fake.requests == 0:  # sent before anything reads it
-        await asyncio.sleep(0.005)
-    fake.answer.set()
+    await _until(fake.received)  # sent before anything reads it
+    return client, early
+
+
+async def test_the_request_goes_out_at_start_and_its_answer_is_read_by_the_generation(
+    provider: tuple[_Provider, Settings],
+) -> None:
+    client, early = await _sent(provider)
+    provider[0].answer.set()
     opening = early.take("gen_1")
     assert opening is not None and early.take("gen_1") is None
     outcome = Outcome()
@@ -72,25 +78,19 @@ async def test_the_request_goes_out_at_start_and_its_answer_is_read_by_the_gener
 
 
 async def test_an_answered_request_nobody_reads_is_closed(provider: tuple[_Provider, Settings]) -> None:
-    fake, settings = provider
-    client, early = make_client(settings), EarlyStarts()
-    fake.answer.set()
-    early.start("gen_1", client, REQUEST)
+    provider[0].answer.set()
+    client, early = await _sent(provider)
     opening = early._pending["gen_1"]
     await asyncio.wait_for(asyncio.shield(opening), 5)
     early.discard("gen_1")
-    await _until(fake.closed)
+    await _until(provider[0].closed)
     assert early.take("gen_1") is None
     await client.close()
 
 
 async def test_a_request_still_unanswered_when_discarded_is_cancelled(provider: tuple[_Provider, Settings]) -> None:
-    fake, settings = provider
-    client, early = make_client(settings), EarlyStarts()
-    early.start("gen_1", client, REQUEST)
+    client, early = await _sent(provider)
     opening = early._pending["gen_1"]
-    while fake.requests == 0:
-        await asyncio.sleep(0.005)
     early.discard("gen_1")
     with pytest.raises(asyncio.CancelledError):
         await opening
@@ -100,13 +100,9 @@ async def test_a_request_still_unanswered_when_discarded_is_cancelled(provider: 
 async def test_a_generation_cancelled_while_its_request_is_on_its_way_cancels_the_request(
     provider: tuple[_Provider, Settings],
 ) -> None:
-    fake, settings = provider
-    client, early = make_client(settings), EarlyStarts()
-    early.start("gen_1", client, REQUEST)
+    client, early = await _sent(provider)
     opening = early.take("gen_1")
     assert opening is not None
-    while fake.requests == 0:
-        await asyncio.sleep(0.005)
 
     async def read() -> None:
         async for _ in stream_pieces(client, REQUEST, Outcome(), opening):
