@@ -13,7 +13,8 @@ import asyncio
 import openai
 
 from shared.jobs import StoredRequest
-from worker.upstream import Opened, open_stream, release
+from worker.body import Opened
+from worker.upstream import open_stream, release
 
 
 class EarlyStarts:

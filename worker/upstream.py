@@ -18,7 +18,6 @@ from worker.body import Opened
 from worker.stream_parse import DONE, DataDecoder, Outcome, Piece, ProviderError, read_chunk
 
 __all__ = [
-    "Opened",
     "Outcome",
     "Piece",
     "UpstreamError",
