@@ -17,6 +17,7 @@ from sqlalchemy.orm import defer
 from shared.errors import SAFE_MESSAGES, ErrorCode
 from shared.store import deliveries
 from shared.store.db import sessions
+from shared.store.group_commit import GroupCommit
 from shared.store.models import GenerationRecord, WebhookDelivery
 from shared.webhooks import Endpoint
 
@@ -150,11 +151,24 @@ def aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+# Rows per transaction at most: ~550 µs of CPU per row from ~10 up, against ~1.5 ms for a row alone.
+_SAVES_PER_TRANSACTION = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Save:
+    id: str
+    values: dict[str, Any]
+    webhooks: Sequence[Endpoint]
+    due_in: float
+
+
 class ResultStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = sessions(engine)
         self.deliveries = deliveries.DeliveryStore(engine)
+        self._saves = GroupCommit(self._write, limit=_SAVES_PER_TRANSACTION)
 
     async def save(self, result: FinalResult, webhooks: Sequence[Endpoint] = (), webhooks_due_in: float = 0.0) -> bool:
         """Insert, or replace a record left by an older attempt; never overwrite a newer attempt's record.
@@ -164,15 +178,26 @@ class ResultStore:
         deliveries of the ending are written in the same transaction, so no crash can keep the record and
         lose them; the message is built from the record when it is sent. Written before the terminal event,
         they are due only after `webhooks_due_in` (the worker sends them as soon as it has published it).
+
+        -> False when the guard refused the row. Saves that arrive while another is being written share the
+        next transaction (group_commit.py); if that fails, each is retried alone, so the outcome is this save's
+        own. Cancelled while waiting, the save is dropped unless its transaction had already begun.
         """
         # Core insert: keyed by column name ("metadata"), not attribute name ("meta").
         columns = _column_names()
         values = {columns[key]: value for key, value in result.row().items()}
+        return await self._saves.submit(_Save(result.id, values, webhooks, webhooks_due_in))
+
+    async def _write(self, saves: Sequence[_Save]) -> list[bool]:
+        """One transaction, one upsert per row (executemany cannot expand the statement's IN parameter)."""
         statement = _upsert(self.engine.dialect.name)
+        written: list[bool] = []
         async with self._sessions.begin() as session:
-            outcome = await session.execute(statement, values)
-            await deliveries.add(session, result.id, webhooks, webhooks_due_in)
-        return bool(getattr(outcome, "rowcount", 0))
+            for save in saves:
+                outcome = await session.execute(statement, save.values)
+                await deliveries.add(session, save.id, save.webhooks, save.due_in)
+                written.append(bool(getattr(outcome, "rowcount", 0)))
+        return written
 
     async def ensure_webhooks(self, generation_id: str, webhooks: Sequence[Endpoint]) -> None:
         """The deliveries of a recorded ending that was written without them (by an API process without

@@ -1,0 +1,79 @@
+"""Between ResultStore.save and the database: saves that arrive during a write share the next transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+_Entry = tuple[Item, asyncio.Future[Result]]
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Writes items through `write` (one transaction for a list of items, one result per item), one call at a time.
+
+    An item submitted while nothing is being written goes at once, alone; items submitted during a write wait
+    and go together in the next one (at most `limit`). So a lone save costs what it did, and a busy process
+    commits many rows per transaction without a timer. When a shared write fails, each of its items is written
+    again in a transaction of its own, so that each caller gets its own result or its own exception.
+
+    A caller cancelled while its item waits for a write drops the item; once that write has begun, the item
+    may still be written. The flusher task lives only while items are queued, on the loop that submitted the
+    first of them: nothing is bound to a loop in between.
+    """
+
+    def __init__(self, write: Callable[[Sequence[Item]], Awaitable[list[Result]]], limit: int = 64) -> None:
+        self._write = write
+        self._limit = limit
+        self._queue: deque[_Entry[Item, Result]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Items queued for the next write (not the one in flight)."""
+        return len(self._queue)
+
+    async def submit(self, item: Item) -> Result:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        self._queue.append((item, future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        # Awaited directly: cancelling the caller cancels only its future, which the flusher then skips.
+        return await future
+
+    async def _flush(self) -> None:
+        batch: list[_Entry[Item, Result]] = []
+        try:
+            while self._queue:
+                batch = [entry for entry in self._take() if not entry[1].done()]
+                if batch:
+                    await self._settle(batch)
+        finally:
+            # No-op unless the flusher itself was cancelled (its loop shutting down): no caller waits forever.
+            self._flusher = None
+            for _, future in (*batch, *self._queue):
+                future.cancel()
+            self._queue.clear()
+
+    def _take(self) -> list[_Entry[Item, Result]]:
+        return [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
+
+    async def _settle(self, batch: list[_Entry[Item, Result]]) -> None:
+        try:
+            results = await self._write([item for item, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(exc)
+                return
+            # One bad row aborts the whole transaction: each row alone, so a failure reaches only its own caller.
+            # Concurrently, as separate saves always went: a database that is down fails them all in one timeout.
+            await asyncio.gather(*(self._settle([entry]) for entry in batch))
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
