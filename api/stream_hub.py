@@ -30,7 +30,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.crc import key_slot
 from redis.exceptions import MovedError, RedisError
 
@@ -39,13 +38,9 @@ from shared.ids import parse_stream_id
 from shared.keys import GenerationKeys
 from shared.metrics import REDIS_ERRORS
 from shared.redis_client import StreamsRedis, bounded_pool
+from shared.redis_packing import packed_connection_class
 from shared.streams import Entry, is_terminal, read_range
 from shared.tasks import cancel_and_wait
-
-try:
-    from hiredis import pack_command as hiredis_pack_command
-except ImportError:  # redis-py's own packing then: correct, only slower
-    hiredis_pack_command = None  # type: ignore[assignment]
 
 log = logging.getLogger("sse_relay.api")
 _READ_COUNT = 500
@@ -387,40 +382,6 @@ def reader_options(block_ms: int) -> dict[str, Any]:
         "socket_keepalive": True,
         "health_check_interval": 30,
     }
-
-
-class _HiredisPacking(AbstractConnection):
-    """Commands packed by hiredis (C) instead of redis-py's per-argument Python loop. A reader's XREAD names
-    every followed key and its position, and packing it was the largest part of the API's CPU at 1,000 busy
-    streams (py-spy: a quarter of the API's busy samples)."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        # Like redis-py's: a command name of two words ("CLIENT ID") is two arguments.
-        name = args[0].split() if isinstance(args[0], (str, bytes)) else [args[0]]
-        return [hiredis_pack_command((*name, *args[1:]))]
-
-
-class _PackedConnection(_HiredisPacking, Connection):
-    pass
-
-
-class _PackedSSLConnection(_HiredisPacking, SSLConnection):
-    pass
-
-
-class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
-    pass
-
-
-def packed_connection_class(url: str) -> dict[str, Any]:
-    """`connection_class` for a reader at `url` when hiredis is installed (the same transport as the URL's)."""
-    if hiredis_pack_command is None:
-        return {}
-    scheme = urlsplit(url).scheme
-    kind = (
-        _PackedSSLConnection if scheme == "rediss" else _PackedUnixConnection if scheme == "unix" else _PackedConnection
-    )
-    return {"connection_class": kind}
 
 
 def _raw_reply(response: Any, **options: Any) -> Any:
