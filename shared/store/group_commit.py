@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -10,6 +11,8 @@ from typing import Generic, TypeVar
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 _Entry = tuple[Item, asyncio.Future[Result]]
+
+log = logging.getLogger("sse_relay.store")
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -30,6 +33,7 @@ class GroupCommit(Generic[Item, Result]):
         self._limit = limit
         self._queue: deque[_Entry[Item, Result]] = deque()
         self._flusher: asyncio.Task[None] | None = None
+        self._inflight: list[_Entry[Item, Result]] = []
 
     @property
     def waiting(self) -> int:
@@ -39,25 +43,43 @@ class GroupCommit(Generic[Item, Result]):
     async def submit(self, item: Item) -> Result:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
+        if self._flusher is not None and (self._flusher.done() or self._flusher.get_loop() is not loop):
+            self._abandon(self._flusher)
         self._queue.append((item, future))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
+            self._flusher.add_done_callback(self._flusher_ended)
         # Awaited directly: cancelling the caller cancels only its future, which the flusher then skips.
         return await future
 
     async def _flush(self) -> None:
-        batch: list[_Entry[Item, Result]] = []
-        try:
-            while self._queue:
-                batch = [entry for entry in self._take() if not entry[1].done()]
-                if batch:
-                    await self._settle(batch)
-        finally:
-            # No-op unless the flusher itself was cancelled (its loop shutting down): no caller waits forever.
-            self._flusher = None
-            for _, future in (*batch, *self._queue):
-                future.cancel()
-            self._queue.clear()
+        while self._queue:
+            self._inflight = [entry for entry in self._take() if not entry[1].done()]
+            if self._inflight:
+                await self._settle(self._inflight)
+        self._inflight = []
+
+    def _flusher_ended(self, task: asyncio.Task[None]) -> None:
+        if self._flusher is task:
+            self._abandon(task)
+
+    def _abandon(self, flusher: asyncio.Task[None]) -> None:
+        """After the flusher ended, or its loop was closed under it (submit can get here before the done
+        callback runs). Normally nothing is left. If it was cancelled (its loop shutting down, even before its
+        first step) or failed, no caller may wait forever, and each learns why. Items of a closed loop are
+        dropped: nobody waits for them there."""
+        cancelled = flusher.done() and flusher.cancelled()
+        error = flusher.exception() if flusher.done() and not cancelled else None
+        ended_badly = cancelled or error is not None
+        for _, future in (*self._inflight, *(self._queue if ended_badly else ())):
+            if not future.done() and not future.get_loop().is_closed():
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.cancel()
+        self._inflight = []
+        self._queue = deque() if ended_badly else deque(e for e in self._queue if not e[1].get_loop().is_closed())
+        self._flusher = None
 
     def _take(self) -> list[_Entry[Item, Result]]:
         return [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
@@ -70,6 +92,7 @@ class GroupCommit(Generic[Item, Result]):
                 if not batch[0][1].done():
                     batch[0][1].set_exception(exc)
                 return
+            log.warning("a transaction of %d saves failed (%s): each is written alone", len(batch), type(exc).__name__)
             # One bad row aborts the whole transaction: each row alone, so a failure reaches only its own caller.
             # Concurrently, as separate saves always went: a database that is down fails them all in one timeout.
             await asyncio.gather(*(self._settle([entry]) for entry in batch))
