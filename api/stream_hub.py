@@ -38,7 +38,7 @@ from shared.ids import parse_stream_id
 from shared.keys import GenerationKeys
 from shared.metrics import REDIS_ERRORS
 from shared.redis_client import StreamsRedis, bounded_pool
-from shared.redis_packing import packed_connection_class
+from shared.redis_packing import pack_with_hiredis
 from shared.streams import Entry, is_terminal, read_range
 from shared.tasks import cancel_and_wait
 
@@ -112,8 +112,8 @@ class _Shard:
         # timeout outlives the BLOCK: a reply that is that late means a dead or half-open connection, which
         # without a timeout would stall every stream of the shard for good.
         options = reader_options(self.block_ms)
-        options.update(packed_connection_class(url))
         reader = Redis.from_url(url, decode_responses=True, single_connection_client=True, **options)
+        pack_with_hiredis(reader.connection_pool)
         # XREAD's replies as Redis sends them: redis-py's default callback turns every entry's fields into a
         # dict, which was a quarter of the API's CPU at 1,000 busy streams (py-spy, BENCHMARKS.md).
         reader.set_response_callback("XREAD", _raw_reply)

@@ -9,7 +9,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from shared.config import Settings
-from shared.redis_packing import packed_connection_class
+from shared.redis_packing import pack_with_hiredis
 
 StreamsRedis = Redis | RedisCluster
 # How long a command waits for a free connection of a bounded pool before it fails (ConnectionError): long
@@ -37,10 +37,11 @@ def streams_client(settings: Settings, max_connections: int | None = None, **opt
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         return cast(RedisCluster, RedisCluster.from_url(url.replace("+cluster", "", 1), **kwargs))
     # Every publish and read is a command: hiredis packs them for a fraction of redis-py's CPU.
-    kwargs = packed_connection_class(url) | kwargs
     if max_connections is not None:
-        return Redis.from_pool(bounded_pool(url, max_connections, **kwargs))
-    return cast(Redis, Redis.from_url(url, **kwargs))
+        return Redis.from_pool(pack_with_hiredis(bounded_pool(url, max_connections, **kwargs)))
+    client = cast(Redis, Redis.from_url(url, **kwargs))
+    pack_with_hiredis(client.connection_pool)
+    return client
 
 
 def bounded_pool(url: str, max_connections: int, **kwargs: Any) -> BlockingConnectionPool:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
-from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 
 try:
     from hiredis import pack_command as hiredis_pack_command
@@ -40,12 +45,17 @@ class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
     pass
 
 
-def packed_connection_class(url: str) -> dict[str, Any]:
-    """`connection_class` for a client of `url` when hiredis is installed (the same transport as the URL's)."""
-    if hiredis_pack_command is None:
-        return {}
-    scheme = urlsplit(url).scheme
-    kind = (
-        _PackedSSLConnection if scheme == "rediss" else _PackedUnixConnection if scheme == "unix" else _PackedConnection
-    )
-    return {"connection_class": kind}
+_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: _PackedConnection,
+    SSLConnection: _PackedSSLConnection,
+    UnixDomainSocketConnection: _PackedUnixConnection,
+}
+
+
+def pack_with_hiredis(pool: ConnectionPool) -> ConnectionPool:
+    """The pool's connections, of the kind its URL chose (TCP, TLS, unix socket), pack with hiredis when it is
+    installed. Set on the new pool rather than passed to `from_url`, which replaces a given `connection_class`
+    with the URL's own for `rediss://` and `unix://`. Before its first connection: it makes them all."""
+    if hiredis_pack_command is not None:
+        pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
+    return pool

@@ -13,7 +13,7 @@ from redis.exceptions import DataError
 
 from shared.config import Settings
 from shared.redis_client import streams_client
-from shared.redis_packing import _PackedConnection, packed_connection_class
+from shared.redis_packing import _HiredisPacking, _PackedConnection
 
 COMMANDS: list[tuple[Any, ...]] = [
     ("EVALSHA", "a" * 40, 3, "k:1", b"k:2", "k:3", "naïve café 你好 🌍", 17, 1764600000.123456, 0.1, -5),
@@ -40,11 +40,24 @@ def test_an_argument_redis_py_refuses_is_refused_with_its_error(bad: Any) -> Non
         _PackedConnection().pack_command("SET", "k", bad)
 
 
-def test_each_transport_keeps_its_connection_kind() -> None:
-    kinds = {url: packed_connection_class(url)["connection_class"] for url in ("redis://h", "rediss://h", "unix:///s")}
-    assert issubclass(kinds["redis://h"], Connection) and not issubclass(kinds["redis://h"], SSLConnection)
-    assert issubclass(kinds["rediss://h"], SSLConnection)
-    assert issubclass(kinds["unix:///s"], UnixDomainSocketConnection)
+@pytest.mark.parametrize("max_connections", [None, 8])
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("redis://h:1/0", Connection),
+        ("rediss://h:1/0", SSLConnection),
+        ("unix:///tmp/redis.sock", UnixDomainSocketConnection),
+    ],
+)
+def test_every_transport_packs_with_hiredis_and_keeps_its_connection_kind(
+    url: str, kind: type[Connection], max_connections: int | None
+) -> None:
+    client = streams_client(Settings.model_validate({"REDIS_URL": url}), max_connections=max_connections)
+    assert isinstance(client, Redis)
+    made = client.connection_pool.connection_class  # what the pool makes its connections of
+    assert issubclass(made, _HiredisPacking) and issubclass(made, kind)
+    if kind is Connection:
+        assert not issubclass(made, (SSLConnection, UnixDomainSocketConnection))
 
 
 @pytest.mark.parametrize("max_connections", [None, 8])
