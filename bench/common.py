@@ -23,8 +23,6 @@ from bench.stack import BenchStack
 Result = dict[str, Any]
 # Connections being opened at once: far below uvicorn's accept backlog (2048), so no SYN is ever dropped.
 CONNECT_LIMIT = 256
-# perf_counter (the client's event times) -> wall clock (the fake upstream's send stamps, clock=1).
-WALL_OFFSET = time.time() - time.perf_counter()
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -244,7 +242,7 @@ def summarize(streams: list[Stream], shape: Shape, since: float | None = None) -
 def lateness_ms(streams: list[Stream]) -> list[float]:
     """Per token: from the fake upstream sending it (the stamp it carries) to this client receiving it."""
     return [
-        (at + WALL_OFFSET - float(stamp)) * 1000
+        (at + s.wall_offset - float(stamp)) * 1000
         for s in streams
         for at, text in zip(s.content_times, s.content_texts, strict=True)
         for stamp in text.split(";")[:-1]

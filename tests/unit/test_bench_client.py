@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from bench.common import WALL_OFFSET, lateness_ms
+from bench.common import lateness_ms
 from bench.sseclient import Request, Stream, fetch
 
 _CHUNKS = [
@@ -56,9 +56,9 @@ async def test_an_error_status_keeps_its_body() -> None:
 
 
 def test_lateness_is_receive_time_minus_each_tokens_send_stamp() -> None:
-    stream = Stream()
+    stream = Stream(wall_offset=1_764_600_000.0)  # the wall clock when perf_counter read 0
     received = 1000.0
-    sent = received + WALL_OFFSET
+    sent = received + stream.wall_offset
     stream.content_times = [received]
     stream.content_texts = [f"{sent - 0.010:.6f};{sent - 0.030:.6f};"]
     assert lateness_ms([stream]) == pytest.approx([10.0, 30.0], abs=0.01)
