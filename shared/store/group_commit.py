@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -25,7 +25,8 @@ class GroupCommit(Generic[Item, Result]):
 
     A caller cancelled while its item waits for a write drops the item; once that write has begun, the item
     may still be written. The flusher task lives only while items are queued, on the loop that submitted the
-    first of them: nothing is bound to a loop in between.
+    first of them: nothing is bound to a loop in between. One loop at a time: a store moves to another loop
+    only once the first is closed (as tests do), and what that loop left is dropped: nobody waits for it there.
     """
 
     def __init__(self, write: Callable[[Sequence[Item]], Awaitable[list[Result]]], limit: int = 64) -> None:
@@ -66,19 +67,17 @@ class GroupCommit(Generic[Item, Result]):
     def _abandon(self, flusher: asyncio.Task[None]) -> None:
         """After the flusher ended, or its loop was closed under it (submit can get here before the done
         callback runs). Normally nothing is left. If it was cancelled (its loop shutting down, even before its
-        first step) or failed, no caller may wait forever, and each learns why. Items of a closed loop are
+        first step) or failed, no caller may wait forever, and each learns why. Items of another loop are
         dropped: nobody waits for them there."""
         cancelled = flusher.done() and flusher.cancelled()
         error = flusher.exception() if flusher.done() and not cancelled else None
         ended_badly = cancelled or error is not None
+        here = asyncio.get_running_loop()
         for _, future in (*self._inflight, *(self._queue if ended_badly else ())):
-            if not future.done() and not future.get_loop().is_closed():
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.cancel()
+            if not future.done() and future.get_loop() is here:
+                _fail(future, error)
         self._inflight = []
-        self._queue = deque() if ended_badly else deque(e for e in self._queue if not e[1].get_loop().is_closed())
+        self._queue = deque() if ended_badly else deque(e for e in self._queue if e[1].get_loop() is here)
         self._flusher = None
 
     def _take(self) -> list[_Entry[Item, Result]]:
@@ -95,8 +94,19 @@ class GroupCommit(Generic[Item, Result]):
             log.warning("a transaction of %d saves failed (%s): each is written alone", len(batch), type(exc).__name__)
             # One bad row aborts the whole transaction: each row alone, so a failure reaches only its own caller.
             # Concurrently, as separate saves always went: a database that is down fails them all in one timeout.
-            await asyncio.gather(*(self._settle([entry]) for entry in batch))
+            # A row whose own write ends in something else (a BaseException, a broken result) fails alone too.
+            outcomes = await asyncio.gather(*(self._settle([entry]) for entry in batch), return_exceptions=True)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException) and not future.done():
+                    _fail(future, outcome)
             return
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException | None) -> None:
+    if error is None or isinstance(error, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(error)

@@ -23,8 +23,12 @@ class Writes:
     async def __call__(self, items: Sequence[int]) -> list[int]:
         self.batches.append(list(items))
         self.started.set()
+        if list(items) == [-9]:
+            raise asyncio.CancelledError  # what a driver interrupted under it raises: not an Exception
         if self.gate is not None:
             await self.gate.wait()
+        for _ in range(3):  # a write takes a few turns of the loop, as a database's does
+            await asyncio.sleep(0)
         if any(item < 0 for item in items):
             raise ValueError(f"bad item in {list(items)}")
         return [item * 10 for item in items]
@@ -34,8 +38,9 @@ async def test_back_to_back_saves_of_one_caller_are_both_written() -> None:
     # The second submit runs after the first caller wakes and before the finished flusher's done callback.
     writes = Writes()
     commit = GroupCommit(writes)
-    for item in range(5):
-        assert await asyncio.wait_for(commit.submit(item), 5) == item * 10
+    async with asyncio.timeout(5):  # not wait_for: its task would let the done callback run first
+        for item in range(5):
+            assert await commit.submit(item) == item * 10
     assert writes.batches == [[0], [1], [2], [3], [4]]
 
 
@@ -86,3 +91,18 @@ def test_a_loop_closed_with_a_save_pending_does_not_stall_the_next_loop() -> Non
     loop.close()  # without finishing the flusher: its done callback never runs
     commit._write = Writes()
     assert asyncio.run(asyncio.wait_for(commit.submit(2), 5)) == 20
+
+
+async def test_a_row_whose_own_write_is_interrupted_fails_alone() -> None:
+    gate = asyncio.Event()
+    writes = Writes(gate)
+    commit = GroupCommit(writes)
+    first = asyncio.ensure_future(commit.submit(1))
+    await writes.started.wait()
+    rest = [asyncio.ensure_future(commit.submit(item)) for item in (2, -9, 4)]
+    await asyncio.sleep(0)
+    gate.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 5)
+    assert outcomes[:2] == [10, 20] and outcomes[3] == 40
+    assert isinstance(outcomes[2], asyncio.CancelledError)
+    assert await asyncio.wait_for(commit.submit(5), 5) == 50
