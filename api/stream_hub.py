@@ -241,7 +241,7 @@ class StreamHub:
         control = self._controls.get(url)
         if control is None:
             pool = bounded_pool(url, 1, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
-            control = self._controls[url] = Redis.from_pool(pool)
+            control = self._controls[url] = Redis.from_pool(pack_with_hiredis(pool))
         return control
 
     async def _locate(self, key: str, failed: bool) -> str:

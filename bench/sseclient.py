@@ -54,7 +54,7 @@ class Stream:
     content_times: list[float] = field(default_factory=list)
     content_texts: list[str] = field(default_factory=list)
     # perf_counter (the times above) -> wall clock (the fake upstream's send stamps, clock=1), taken when the
-    # stream starts: this VM's wall clock has been seen to step by ~0.9 s within one `make bench`.
+    # round makes the stream, not once per process: this VM's wall clock stepped by ~0.9 s in one `make bench`.
     wall_offset: float = field(default_factory=lambda: time.time() - time.perf_counter())
     body: bytes = b""  # of a response that is not an event stream
 
