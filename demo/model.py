@@ -86,6 +86,7 @@ class _Stats:
     active: int = 0
     completed: int = 0
     client_disconnects: int = 0
+    last_request_ns: int = 0  # when the latest chat request arrived (epoch ns), for span timing in tests
 
 
 _STATS = _Stats()
@@ -498,6 +499,7 @@ async def _respond(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     _STATS.requests += 1
+    _STATS.last_request_ns = time.time_ns()
     try:
         return await _respond(request)
     except _ApiError as error:
@@ -517,6 +519,7 @@ def _stats_body() -> dict[str, int]:
         "active": _STATS.active,
         "completed": _STATS.completed,
         "client_disconnects": _STATS.client_disconnects,
+        "last_request_ns": _STATS.last_request_ns,
     }
 
 
@@ -526,7 +529,7 @@ async def stats(request: Request) -> Response:
 
 async def reset(request: Request) -> Response:
     # `active` is a live gauge of streams still running, not a counter: zeroing it would go negative later.
-    _STATS.requests = _STATS.completed = _STATS.client_disconnects = 0
+    _STATS.requests = _STATS.completed = _STATS.client_disconnects = _STATS.last_request_ns = 0
     _ATTEMPTS.clear()
     _VARIANTS.clear()
     return JSONResponse(_stats_body())

@@ -111,8 +111,10 @@ def span(
     kind: str = "INTERNAL",
     attributes: Mapping[str, Any] | None = None,
     parent: Mapping[str, str] | None = None,
+    start_ns: int | None = None,
 ) -> AbstractContextManager[Any]:
-    """A span around a step (None when tracing is off); `parent`: a carrier from another process (the job's).
+    """A span around a step (None when tracing is off); `parent`: a carrier from another process (the job's);
+    `start_ns`: when the step began, if before now (epoch nanoseconds).
 
     An exception leaving the span is recorded on it, as the SDK does by default."""
     if not active():
@@ -122,7 +124,9 @@ def span(
 
     tracer = trace.get_tracer("sse_relay")
     context = extract(dict(parent)) if parent else None
-    return tracer.start_as_current_span(name, context=context, kind=trace.SpanKind[kind], attributes=attributes)
+    return tracer.start_as_current_span(
+        name, context=context, kind=trace.SpanKind[kind], attributes=attributes, start_time=start_ns
+    )
 
 
 def set_attributes(current: Any, attributes: Mapping[str, Any]) -> None:

@@ -48,7 +48,10 @@ async def run_generation(
     `trace`: the enqueuing request's trace context, the parent of this job's span.
     """
     attributes = {"sse_relay.generation_id": generation_id}
-    with tracing.span("sse_relay.generation", "CONSUMER", attributes, parent=trace) as current:
+    # Taken, and its provider request sent, before arq ran the job (worker/early.py): the job began then.
+    deps: Deps = ctx["deps"]
+    sent_ns = deps.early.sent_at(generation_id)
+    with tracing.span("sse_relay.generation", "CONSUMER", attributes, parent=trace, start_ns=sent_ns) as current:
         result = await _run_job(ctx, generation_id)
         tracing.set_attributes(current, {"sse_relay.outcome": result["status"]})
         return result
@@ -186,7 +189,8 @@ class Attempt:
     async def _stream_provider(self) -> None:
         """The provider call, as one client span (the SDK's HTTP library is not the instrumented httpx)."""
         attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": self.state.request.model}
-        with tracing.span("chat " + self.state.request.model, "CLIENT", attributes) as current:
+        sent_ns = self.deps.early.sent_at(self.state.id)  # the call began when its request went out
+        with tracing.span("chat " + self.state.request.model, "CLIENT", attributes, start_ns=sent_ns) as current:
             try:
                 await self._stream_with_watch()
             except UpstreamError as exc:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.support.otlp import ReceivedSpan, Receiver, otlp_receiver
@@ -57,6 +58,8 @@ async def test_one_trace_spans_request_queue_worker_provider_and_terminal(traced
         generation_id = r.headers["x-generation-id"]
         events = await read_events(r)
     assert events[-1].type == "done" and text_of(events) == text
+    async with httpx.AsyncClient(base_url=stack.upstream_url, timeout=10) as upstream:
+        provider_received_ns = (await upstream.get("/_fake/stats")).json()["last_request_ns"]
 
     model_span = "chat demo@chunk=5,delay_ms=1"
     wanted = {"POST /v1/generations", "sse_relay.enqueue", "sse_relay.generation", model_span, "sse_relay.terminal"}
@@ -75,6 +78,9 @@ async def test_one_trace_spans_request_queue_worker_provider_and_terminal(traced
     assert job.attributes["sse_relay.outcome"] == "done"
     assert (provider.service, provider.kind, provider.parent_id) == ("sse-relay-worker", CLIENT, job.span_id)
     assert provider.attributes["gen_ai.request.model"] == "demo@chunk=5,delay_ms=1"
+    # The request goes out when the job is taken, before arq runs it (worker/early.py): the job's span and the
+    # provider call's both start then, so the call's span covers its whole wait and the job's span holds it.
+    assert job.start_ns == provider.start_ns < provider_received_ns
     assert (terminal.parent_id, terminal.attributes["sse_relay.status"], terminal.error) == (job.span_id, "done", False)
     # No secret in what is exported: the provider key, and no prompt text either.
     exported = b"".join(receiver.bodies)

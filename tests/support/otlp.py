@@ -25,6 +25,7 @@ class ReceivedSpan:
     parent_id: str
     attributes: dict[str, Any]
     error: bool
+    start_ns: int = 0
 
 
 class Receiver:
@@ -52,6 +53,7 @@ class Receiver:
                             parent_id=span.parent_span_id.hex(),
                             attributes={a.key: _value(a.value) for a in span.attributes},
                             error=span.status.code == 2,  # STATUS_CODE_ERROR
+                            start_ns=span.start_time_unix_nano,
                         )
                     )
         with self._lock:

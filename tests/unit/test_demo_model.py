@@ -323,4 +323,5 @@ async def test_invalid_body_is_a_400_and_reset_zeroes_counters(base_url: str) ->
         bad_param = await http.post("/v1/chat/completions", json=typo)
         assert bad_param.status_code == 400
         reset = await http.post("/_fake/reset")
-        assert reset.json() == {"requests": 0, "active": 0, "completed": 0, "client_disconnects": 0}
+        zeroed = {"requests": 0, "active": 0, "completed": 0, "client_disconnects": 0, "last_request_ns": 0}
+        assert reset.json() == zeroed
