@@ -112,7 +112,16 @@ class LocalCluster:
         _wait(lambda: self._role(master) == "slave", f"master {master} to step down")
         self.ports[self.ports.index(master)] = replica
         self.replica_ports[self.replica_ports.index(replica)] = master
+        # The other masters learn it by gossip: until each serves the new map, `owner` may still name the old one.
+        _wait(lambda: self._agreed(replica, master), "every master to see the failover")
         return replica
+
+    def _agreed(self, promoted: int, demoted: int) -> bool:
+        for port in self.ports:
+            masters = {int(entry[2][1]) for entry in self.command(port, "CLUSTER SLOTS")}
+            if demoted in masters or promoted not in masters:
+                return False
+        return True
 
     def _known_ids(self, port: int) -> set[str]:
         # redis-py parses CLUSTER NODES into {"host:port@bus": {"node_id": ..., ...}}.
