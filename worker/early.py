@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import NamedTuple
 
 import openai
 
@@ -18,30 +19,32 @@ from worker.body import Opened
 from worker.upstream import open_stream, release
 
 
+class _Sent(NamedTuple):
+    opening: asyncio.Task[Opened]
+    at_ns: int  # when it went out (epoch ns): the job's and the provider call's spans start there
+
+
 class EarlyStarts:
     """One worker's requests sent ahead of their jobs, by generation id."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, asyncio.Task[Opened]] = {}
-        # When each request went out (epoch ns): the job's and the provider call's spans start there.
-        self._sent_ns: dict[str, int] = {}
+        self._pending: dict[str, _Sent] = {}
 
     def start(self, generation_id: str, client: openai.AsyncOpenAI, request: StoredRequest) -> None:
         self.discard(generation_id)
-        self._sent_ns[generation_id] = time.time_ns()
-        self._pending[generation_id] = asyncio.ensure_future(open_stream(client, request))
+        self._pending[generation_id] = _Sent(asyncio.ensure_future(open_stream(client, request)), time.time_ns())
 
     def sent_at(self, generation_id: str) -> int | None:
         """When this generation's request was sent, while it is pending; None if there is none."""
-        return self._sent_ns.get(generation_id) if generation_id in self._pending else None
+        sent = self._pending.get(generation_id)
+        return sent.at_ns if sent is not None else None
 
     def take(self, generation_id: str) -> asyncio.Task[Opened] | None:
         """The request sent for this generation, now the caller's to read and close; None if there is none."""
-        self._sent_ns.pop(generation_id, None)
-        return self._pending.pop(generation_id, None)
+        sent = self._pending.pop(generation_id, None)
+        return sent.opening if sent is not None else None
 
     def discard(self, generation_id: str) -> None:
-        self._sent_ns.pop(generation_id, None)
-        opening = self._pending.pop(generation_id, None)
-        if opening is not None:
-            release(opening)
+        sent = self._pending.pop(generation_id, None)
+        if sent is not None:
+            release(sent.opening)

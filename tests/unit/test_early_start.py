@@ -80,7 +80,7 @@ async def test_the_request_goes_out_at_start_and_its_answer_is_read_by_the_gener
 async def test_an_answered_request_nobody_reads_is_closed(provider: tuple[_Provider, Settings]) -> None:
     provider[0].answer.set()
     client, early = await _sent(provider)
-    opening = early._pending["gen_1"]
+    opening = early._pending["gen_1"].opening
     await asyncio.wait_for(asyncio.shield(opening), 5)
     early.discard("gen_1")
     await _until(provider[0].closed)
@@ -90,7 +90,7 @@ async def test_an_answered_request_nobody_reads_is_closed(provider: tuple[_Provi
 
 async def test_a_request_still_unanswered_when_discarded_is_cancelled(provider: tuple[_Provider, Settings]) -> None:
     client, early = await _sent(provider)
-    opening = early._pending["gen_1"]
+    opening = early._pending["gen_1"].opening
     early.discard("gen_1")
     with pytest.raises(asyncio.CancelledError):
         await opening
