@@ -35,9 +35,11 @@ async def test_results_and_hooks_on_postgresql(pg_stack: Stack) -> None:
             live = await read_events(response)
         completions = Path(pg_stack.env["SSE_RELAY_TEST_HOOK_DIR"]) / "completions.log"
         deadline = time.monotonic() + 10
-        while not completions.exists() or generation_id not in completions.read_text():
-            assert time.monotonic() < deadline, "on_complete never ran"
+        # The hook writes its log line, then returns; the worker records its outcome after that.
+        while (await client.get(f"/v1/generations/{generation_id}")).json()["on_complete"]["status"] != "ok":
+            assert time.monotonic() < deadline, "on_complete's outcome never became ok"
             await asyncio.sleep(0.05)
+        assert generation_id in completions.read_text()
 
         redis = Redis.from_url(pg_stack.env["REDIS_URL"])
         keys = generation_keys(pg_stack.prefix, generation_id)
