@@ -16,6 +16,7 @@ from shared.ids import next_stream_id
 from shared.jobs import StoredRequest
 from shared.keys import GenerationKeys, active_key, generation_keys
 from shared.redis_client import StreamsRedis
+from shared.redis_direct import DirectScript
 
 Status = Literal["queued", "running", "done", "error", "cancelled"]
 PublishOutcome = Literal["written", "finished", "stale", "missing"]
@@ -100,13 +101,19 @@ def _text(value: Any) -> str:
 class Generations:
     """All reads and writes of generation state, for both the API and the worker."""
 
-    def __init__(self, redis: StreamsRedis, settings: Settings) -> None:
+    def __init__(self, redis: StreamsRedis, settings: Settings, direct_publish: bool = False) -> None:
+        """`direct_publish`: the publish script on connections of its own (`DirectScript`), for the worker,
+        which calls it for every few tokens; a Redis Cluster keeps redis-py's path, which routes by slot."""
         self.redis = redis
         self.settings = settings
         # RedisCluster has the same register_script (keys share a hash tag); redis-py types it for Redis only.
         client = cast(Redis, redis)
         self._create = client.register_script(lua.CREATE)
-        self._publish = client.register_script(lua.PUBLISH)
+        self._direct: DirectScript | None = None
+        if direct_publish and isinstance(redis, Redis):
+            timeout_s = settings.sse_read_block_ms / 1000 + 10  # as the streams client's own socket timeout
+            self._direct = DirectScript(redis.connection_pool, lua.PUBLISH, timeout_s)
+        self._publish = self._direct or client.register_script(lua.PUBLISH)
         self._claim = client.register_script(lua.CLAIM)
         self._cancel = client.register_script(lua.CANCEL)
         self._admit = client.register_script(lua.ADMIT)
@@ -200,6 +207,11 @@ class Generations:
         ]
         code, last_id, cancel = await self._publish(keys=[keys.events, keys.state], args=args)
         return PublishResult(_PUBLISH_OUTCOMES[int(code)], str(last_id), cancel == "1")
+
+    async def aclose(self) -> None:
+        if self._direct is not None:
+            await self._direct.aclose()
+        await self.redis.aclose()
 
     async def next_terminal_id(self, generation_id: str) -> str:
         """An id after every entry of the stream, near Redis's clock (not this process's)."""

@@ -55,7 +55,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     leases = ctx["leases"] = Leases(ctx["redis"], _settings.job_lease_s)
     leases.start()
     ctx["metrics"] = metrics.start(_settings, ctx["redis"], leases.count)
-    generations = Generations(redis, _settings)
+    generations = Generations(redis, _settings, direct_publish=True)
     store = ResultStore(engine)
     ctx["deps"] = Deps(
         settings=_settings,
@@ -96,7 +96,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if deps.webhooks is not None:
         await deps.webhooks.stop()
     await deps.client.close()
-    await deps.generations.redis.aclose()
+    await deps.generations.aclose()
     await deps.store.engine.dispose()
     deps.hook_threads.shutdown()
     tracing.shutdown()

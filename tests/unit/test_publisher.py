@@ -1,4 +1,4 @@
-"""worker.publisher.Publisher against a real Redis: write-behind batching, minimum interval, finish, refusal, retry."""
+"""worker.publisher.Publisher on a real Redis: write-behind batching, the hold, min interval, finish, refusal, retry."""
 
 from __future__ import annotations
 
@@ -199,6 +199,54 @@ async def test_min_interval_holds_later_pieces_back(redis: Redis, generations: C
     await _written(redis, generations, generation_id, 2)  # no further add, no flush: the interval's end writes
     written = await _events(redis, generations, generation_id)
     assert [event["data"] for event in written] == ["first", "secondthird"]
+
+
+class SlowGenerations(CountingGenerations):
+    """Every publish takes `round_trip_s` (a busy Redis or worker); records when each one started and ended."""
+
+    def __init__(self, redis: Redis, settings: Settings, round_trip_s: float) -> None:
+        super().__init__(redis, settings)
+        self.round_trip_s = round_trip_s
+        self.spans: list[tuple[float, float]] = []
+
+    async def publish(
+        self, generation_id: str, attempt: int, payloads: list[str], *args: Any, **kwargs: Any
+    ) -> PublishResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(self.round_trip_s)
+        result = await super().publish(generation_id, attempt, payloads, *args, **kwargs)
+        self.spans.append((started, loop.time()))
+        return result
+
+
+async def test_after_a_slow_write_the_next_waits_twice_its_round_trip_and_takes_what_came(redis: Redis) -> None:
+    slow = SlowGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60), 0.3)
+    generation_id, attempt = await _running(slow)
+    publisher = Publisher(slow, generation_id, attempt)
+    publisher.add("content", "a")
+    await _written(redis, slow, generation_id, 1)
+    for piece in ["b", "c", "d"]:  # after the write of "a": none goes out until its hold is over
+        publisher.add("content", piece)
+        await asyncio.sleep(0)
+    await _written(redis, slow, generation_id, 2)
+    (first_start, first_end), (second_start, _) = slow.spans
+    assert second_start - first_end >= 2 * (first_end - first_start) - 0.01
+    assert [event["data"] for event in await _events(redis, slow, generation_id)] == ["a", "bcd"]
+    assert len(slow.calls) == 2  # "b", "c" and "d" went in one write
+
+
+async def test_a_flush_does_not_wait_for_the_hold(redis: Redis) -> None:
+    slow = SlowGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60), 0.5)
+    generation_id, attempt = await _running(slow)
+    publisher = Publisher(slow, generation_id, attempt)
+    publisher.add("content", "a")
+    await _written(redis, slow, generation_id, 1)
+    publisher.add("content", "b")  # held for ~1 s after the write of "a"
+    asked = asyncio.get_running_loop().time()
+    await publisher.flush()
+    assert slow.spans[1][0] - asked < 0.5  # started at once, not at the hold's end
+    assert [event["data"] for event in await _events(redis, slow, generation_id)] == ["a", "b"]
 
 
 async def test_finish_writes_pending_pieces_and_terminal_in_one_publish(

@@ -1,0 +1,114 @@
+"""shared.redis_direct.DirectScript on a real Redis: replies, a script Redis lacks, cancellation, timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.redis_direct import DirectScript
+
+ECHO = "return {KEYS[1], ARGV[1], ARGV[2]}"
+# Holds Redis for ARGV[2] ms, appends ARGV[1] to the list KEYS[1], then answers ARGV[1].
+SLOW_ECHO = """
+local t = redis.call('TIME')
+local until_us = (t[1] * 1000000 + t[2]) + tonumber(ARGV[2]) * 1000
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 60)
+return ARGV[1]
+"""
+
+
+def _unique(script: str) -> str:
+    """A script Redis has never cached: its first EVALSHA answers NOSCRIPT."""
+    return f"{script}\n-- {uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Redis]:
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+async def test_calls_answer_like_redis_py_and_reuse_their_connection(client: Redis) -> None:
+    direct = DirectScript(client.connection_pool, _unique(ECHO), timeout_s=5)
+    try:
+        assert await direct(["k"], ["a", 1]) == ["k", "a", "1"]  # first call: NOSCRIPT, then EVAL
+        connections_after_first = await _connections(client)
+        replies = [await direct([f"k{i}"], [f"v{i}", i]) for i in range(20)]
+        assert replies == [[f"k{i}", f"v{i}", str(i)] for i in range(20)]
+        assert await _connections(client) == connections_after_first  # one connection, taken back each time
+        concurrent = await asyncio.gather(*(direct(["k"], [f"c{i}", i]) for i in range(5)))
+        assert concurrent == [["k", f"c{i}", str(i)] for i in range(5)]  # one connection per call in flight
+    finally:
+        await direct.aclose()
+
+
+async def test_a_script_error_reaches_the_caller_and_the_next_call_still_works(client: Redis) -> None:
+    direct = DirectScript(client.connection_pool, "return redis.error_reply('bad ' .. ARGV[1])", timeout_s=5)
+    echo = DirectScript(client.connection_pool, ECHO, timeout_s=5)
+    try:
+        with pytest.raises(ResponseError, match="bad input"):
+            await direct(["k"], ["input"])
+        with pytest.raises(ResponseError, match="bad again"):
+            await direct(["k"], ["again"])
+        assert await echo(["k"], ["ok", 0]) == ["k", "ok", "0"]
+    finally:
+        await direct.aclose()
+        await echo.aclose()
+
+
+async def test_a_call_cancelled_before_its_reply_does_not_hand_that_reply_to_the_next(client: Redis) -> None:
+    direct = DirectScript(client.connection_pool, SLOW_ECHO, timeout_s=5)
+    marker = f"direct-test:{uuid.uuid4().hex}"
+    try:
+        assert await direct([marker], ["warm", 0]) == "warm"
+        first = asyncio.ensure_future(direct([marker], ["first", 300]))
+        for _ in range(5):  # a few turns of the loop: the request is sent, its reply is 300 ms away
+            await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # Had the cancelled call's connection gone back to the free list, this would read "first".
+        assert await direct([marker], ["second", 0]) == "second"
+        # Redis ran the cancelled call (its reply was on the wire): the case under test.
+        assert await client.lrange(marker, 0, -1) == ["warm", "first", "second"]  # type: ignore[misc]
+    finally:
+        await client.delete(marker)
+        await direct.aclose()
+
+
+async def test_a_server_that_never_answers_times_out_as_a_redis_timeout() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis = Redis(host="127.0.0.1", port=port)
+    direct = DirectScript(redis.connection_pool, ECHO, timeout_s=0.3)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await direct(["k"], ["a", 1])
+        assert len(accepted) == 1
+    finally:
+        await direct.aclose()
+        await redis.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def _connections(client: Redis) -> int:
+    return len(await client.client_list())
