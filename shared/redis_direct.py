@@ -7,6 +7,7 @@ import hashlib
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -19,6 +20,10 @@ class DirectScript:
     in flight has its own connection, as with redis-py's unbounded pool, so calls never queue behind each
     other. The connections are the pool's kind (TCP, TLS, unix socket; hiredis packing), made from its
     settings. A call that fails or is cancelled mid-way drops its connection: a reply may still be on it.
+
+    Only for scripts that are safe to repeat (the publish script drops a repeat by its sequence number): a call
+    that finds its kept connection closed is sent again on a new one, as redis-py's pool would have found the
+    closed connection before sending.
     """
 
     def __init__(self, pool: ConnectionPool, script: str, timeout_s: float) -> None:
@@ -35,7 +40,16 @@ class DirectScript:
             return await self._call("EVAL", self._script, len(keys), *keys, *args)
 
     async def _call(self, *command: str | int) -> Any:
-        connection = self._free.pop() if self._free else self._connection()
+        if self._free:
+            try:
+                return await self._on(self._free.pop(), command)
+            except RedisConnectionError:
+                # A kept connection found closed (Redis restarted, or dropped it while idle): the others are
+                # likely closed too. Once more on a new one, which the script allows (see the class).
+                await self._drop_free()
+        return await self._on(self._connection(), command)
+
+    async def _on(self, connection: AbstractConnection, command: tuple[str | int, ...]) -> Any:
         try:
             if not connection.is_connected:
                 await self._connect(connection)
@@ -67,7 +81,10 @@ class DirectScript:
         kwargs = {**self._pool.connection_kwargs, "socket_timeout": None}
         return self._pool.connection_class(**kwargs)
 
-    async def aclose(self) -> None:
+    async def _drop_free(self) -> None:
         free, self._free = self._free, []
         for connection in free:
-            await connection.disconnect()
+            await connection.disconnect(nowait=True)
+
+    async def aclose(self) -> None:
+        await self._drop_free()

@@ -87,6 +87,25 @@ async def test_a_call_cancelled_before_its_reply_does_not_hand_that_reply_to_the
         await direct.aclose()
 
 
+async def test_calls_after_redis_closed_the_kept_connections_go_through_on_new_ones(redis_url: str) -> None:
+    name = f"direct-{uuid.uuid4().hex[:8]}"
+    named = Redis.from_url(redis_url, decode_responses=True, client_name=name)
+    direct = DirectScript(named.connection_pool, ECHO, timeout_s=5)
+    try:
+        assert len(await asyncio.gather(*(direct(["k"], [str(i), i]) for i in range(3)))) == 3
+        kept = [client["id"] for client in await named.client_list() if client["name"] == name]
+        assert len(kept) >= 3
+        for client_id in kept:  # as a Redis restart or an idle timeout would
+            await named.client_kill_filter(_id=client_id)
+        assert await direct(["k"], ["after", 0]) == ["k", "after", "0"]
+        assert await asyncio.gather(*(direct(["k"], [str(i), i]) for i in range(3))) == [
+            ["k", str(i), str(i)] for i in range(3)
+        ]
+    finally:
+        await direct.aclose()
+        await named.aclose()
+
+
 async def test_a_server_that_never_answers_times_out_as_a_redis_timeout() -> None:
     accepted: list[asyncio.StreamWriter] = []
 
