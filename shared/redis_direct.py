@@ -15,8 +15,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 class DirectScript:
     """EVALSHA of one script, sent and read on a connection taken from a free list of its own.
 
-    redis-py's command path costs the worker about 65 µs of CPU per call (a pool lock taken twice, a probe of
-    the connection before each use, the send wrapped in a task by `wait_for`); this path about 24. Each call
+    redis-py's command path costs the worker about 65 µs of CPU per call (the pool's lock, a probe of the
+    connection before each use, the send wrapped in a task by `wait_for`); this path about 24. Each call
     in flight has its own connection, as with redis-py's unbounded pool, so calls never queue behind each
     other. The connections are the pool's kind (TCP, TLS, unix socket; hiredis packing), made from its
     settings. A call that fails or is cancelled mid-way drops its connection: a reply may still be on it.
@@ -29,9 +29,10 @@ class DirectScript:
     def __init__(self, pool: ConnectionPool, script: str, timeout_s: float) -> None:
         self._pool = pool
         self._script = script
-        self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts so
+        self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()  # the name Redis caches it under
         self._timeout_s = timeout_s
         self._free: list[AbstractConnection] = []
+        self._closed = False
 
     async def __call__(self, keys: list[str], args: list[str | int]) -> Any:
         try:
@@ -51,33 +52,32 @@ class DirectScript:
 
     async def _on(self, connection: AbstractConnection, command: tuple[str | int, ...]) -> Any:
         try:
-            if not connection.is_connected:
-                await self._connect(connection)
-            await connection.send_packed_command(connection.pack_command(*command), check_health=False)
-            # With an explicit timeout redis-py answers None instead of raising, and keeps the connection.
-            reply = await connection.read_response(timeout=self._timeout_s)
-            if reply is None:
-                raise RedisTimeoutError(f"no reply from Redis in {self._timeout_s:g} s")
+            # One timer for the handshake (if new), the send and the reply: the connection itself has none.
+            async with asyncio.timeout(self._timeout_s):
+                if not connection.is_connected:
+                    await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                await connection.send_packed_command(connection.pack_command(*command), check_health=False)
+                reply = await connection.read_response()
         except NoScriptError:
-            self._free.append(connection)  # an error reply: the connection is clean
+            await self._keep(connection)  # an error reply, read whole: the connection is clean
             raise
+        except TimeoutError:  # asyncio.timeout's; redis-py raises its own, which callers already handle
+            await connection.disconnect(nowait=True)
+            raise RedisTimeoutError(f"no reply from Redis in {self._timeout_s:g} s") from None
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
-        self._free.append(connection)
+        await self._keep(connection)
         return reply
 
-    async def _connect(self, connection: AbstractConnection) -> None:
-        # The handshake (HELLO, AUTH, CLIENT SETINFO) reads with the connection's own timeout, which is none.
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-        except TimeoutError:
-            raise RedisTimeoutError(f"no handshake from Redis in {self._timeout_s:g} s") from None
+    async def _keep(self, connection: AbstractConnection) -> None:
+        if self._closed:
+            await connection.disconnect(nowait=True)
+        else:
+            self._free.append(connection)
 
     def _connection(self) -> AbstractConnection:
-        # No socket timeout on the connection itself: with one, every send becomes a task (`wait_for`); the
-        # read has its own timeout instead.
+        # No socket timeout on the connection itself: with one, every send becomes a task (`wait_for`).
         kwargs = {**self._pool.connection_kwargs, "socket_timeout": None}
         return self._pool.connection_class(**kwargs)
 
@@ -87,4 +87,6 @@ class DirectScript:
             await connection.disconnect(nowait=True)
 
     async def aclose(self) -> None:
+        """Closes the kept connections; a call still in flight closes its own when it ends."""
+        self._closed = True
         await self._drop_free()

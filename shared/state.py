@@ -111,8 +111,8 @@ class Generations:
         self._create = client.register_script(lua.CREATE)
         self._direct: DirectScript | None = None
         if direct_publish and isinstance(redis, Redis):
-            timeout_s = settings.sse_read_block_ms / 1000 + 10  # as the streams client's own socket timeout
-            self._direct = DirectScript(redis.connection_pool, lua.PUBLISH, timeout_s)
+            pool = redis.connection_pool
+            self._direct = DirectScript(pool, lua.PUBLISH, pool.connection_kwargs.get("socket_timeout") or 30.0)
         self._publish = self._direct or client.register_script(lua.PUBLISH)
         self._claim = client.register_script(lua.CLAIM)
         self._cancel = client.register_script(lua.CANCEL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -39,16 +40,33 @@ async def client(redis_url: str) -> AsyncIterator[Redis]:
         await redis.aclose()
 
 
-async def test_calls_answer_like_redis_py_and_reuse_their_connection(client: Redis) -> None:
-    direct = DirectScript(client.connection_pool, _unique(ECHO), timeout_s=5)
+async def test_calls_answer_like_redis_py_and_reuse_their_connections(client: Redis, redis_url: str) -> None:
+    name = f"direct-{uuid.uuid4().hex[:8]}"
+    named = Redis.from_url(redis_url, decode_responses=True, client_name=name)  # only its pool is used
+    direct = DirectScript(named.connection_pool, _unique(ECHO), timeout_s=5)
     try:
         assert await direct(["k"], ["a", 1]) == ["k", "a", "1"]  # first call: NOSCRIPT, then EVAL
-        connections_after_first = await _connections(client)
+        assert await _named(client, name) == 1
         replies = [await direct([f"k{i}"], [f"v{i}", i]) for i in range(20)]
         assert replies == [[f"k{i}", f"v{i}", str(i)] for i in range(20)]
-        assert await _connections(client) == connections_after_first  # one connection, taken back each time
+        assert await _named(client, name) == 1  # one connection, taken back after each call
         concurrent = await asyncio.gather(*(direct(["k"], [f"c{i}", i]) for i in range(5)))
-        assert concurrent == [["k", f"c{i}", str(i)] for i in range(5)]  # one connection per call in flight
+        assert concurrent == [["k", f"c{i}", str(i)] for i in range(5)]
+        opened = await _named(client, name)
+        assert 1 < opened <= 5  # one per call in flight, no more
+        await asyncio.gather(*(direct(["k"], [f"c{i}", i]) for i in range(opened)))
+        assert await _named(client, name) == opened  # the same ones again
+        await direct.aclose()
+        assert await _named(client, name) == 0
+    finally:
+        await direct.aclose()
+        await named.aclose()
+
+
+async def test_a_nil_reply_is_a_reply(client: Redis) -> None:
+    direct = DirectScript(client.connection_pool, "return nil", timeout_s=5)
+    try:
+        assert await direct(["k"], []) is None
     finally:
         await direct.aclose()
 
@@ -87,16 +105,18 @@ async def test_a_call_cancelled_before_its_reply_does_not_hand_that_reply_to_the
         await direct.aclose()
 
 
-async def test_calls_after_redis_closed_the_kept_connections_go_through_on_new_ones(redis_url: str) -> None:
+async def test_calls_after_redis_closed_the_kept_connections_go_through_on_new_ones(
+    client: Redis, redis_url: str
+) -> None:
     name = f"direct-{uuid.uuid4().hex[:8]}"
-    named = Redis.from_url(redis_url, decode_responses=True, client_name=name)
+    named = Redis.from_url(redis_url, decode_responses=True, client_name=name)  # only its pool is used
     direct = DirectScript(named.connection_pool, ECHO, timeout_s=5)
     try:
         assert len(await asyncio.gather(*(direct(["k"], [str(i), i]) for i in range(3)))) == 3
-        kept = [client["id"] for client in await named.client_list() if client["name"] == name]
-        assert len(kept) >= 3
+        kept = [info["id"] for info in await client.client_list() if info["name"] == name]
+        assert len(kept) >= 2
         for client_id in kept:  # as a Redis restart or an idle timeout would
-            await named.client_kill_filter(_id=client_id)
+            await client.client_kill_filter(_id=client_id)
         assert await direct(["k"], ["after", 0]) == ["k", "after", "0"]
         assert await asyncio.gather(*(direct(["k"], [str(i), i]) for i in range(3))) == [
             ["k", str(i), str(i)] for i in range(3)
@@ -106,20 +126,30 @@ async def test_calls_after_redis_closed_the_kept_connections_go_through_on_new_o
         await named.aclose()
 
 
-async def test_a_server_that_never_answers_times_out_as_a_redis_timeout() -> None:
+@pytest.mark.parametrize(
+    ("options", "stage"),
+    [({}, "the handshake"), ({"lib_name": None, "lib_version": None}, "the command")],
+    ids=["handshake", "command"],
+)
+async def test_a_server_that_never_answers_times_out_as_a_redis_timeout(options: dict[str, Any], stage: str) -> None:
+    """redis-py's handshake sends CLIENT SETINFO unless told not to: both waits are bounded."""
+    received: list[bytes] = []
     accepted: list[asyncio.StreamWriter] = []
 
-    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(writer)
+        received.append(await reader.read(65536))
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    redis = Redis(host="127.0.0.1", port=port)
+    redis = Redis(host="127.0.0.1", port=port, **options)
     direct = DirectScript(redis.connection_pool, ECHO, timeout_s=0.3)
     try:
-        with pytest.raises(RedisTimeoutError):
+        with pytest.raises(RedisTimeoutError, match=r"no reply from Redis in 0\.3 s"):
             await direct(["k"], ["a", 1])
         assert len(accepted) == 1
+        first = received[0].upper()
+        assert (b"CLIENT" in first and b"EVALSHA" not in first) if stage == "the handshake" else b"EVALSHA" in first
     finally:
         await direct.aclose()
         await redis.aclose()
@@ -129,5 +159,5 @@ async def test_a_server_that_never_answers_times_out_as_a_redis_timeout() -> Non
         await server.wait_closed()
 
 
-async def _connections(client: Redis) -> int:
-    return len(await client.client_list())
+async def _named(client: Redis, name: str) -> int:
+    return sum(1 for info in await client.client_list() if info["name"] == name)
