@@ -11,15 +11,26 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+# Turns of the event loop a call holds the gate for before the next call may start (see DirectScript).
+TURNS_PER_CALL = 3
+
 
 class DirectScript:
     """EVALSHA of one script, sent and read on a connection taken from a free list of its own.
 
-    redis-py's command path costs the worker about 65 µs of CPU per call (the pool's lock, a probe of the
-    connection before each use, the send wrapped in a task by `wait_for`); this path about 24. Each call
-    in flight has its own connection, as with redis-py's unbounded pool, so calls never queue behind each
-    other. The connections are the pool's kind (TCP, TLS, unix socket; hiredis packing), made from its
-    settings. A call that fails or is cancelled mid-way drops its connection: a reply may still be on it.
+    redis-py's command path cost the worker about twice as much CPU per call (the pool's lock, a probe of the
+    connection before each use, the send wrapped in a task by `wait_for`). Each call in flight has its own
+    connection, as with redis-py's unbounded pool. The connections are the pool's kind (TCP, TLS, unix socket;
+    hiredis packing), made from its settings. A call that fails or is cancelled mid-way drops its connection:
+    a reply may still be on it.
+
+    Calls start one at a time, each holding a gate for `TURNS_PER_CALL` turns of the event loop. An idle
+    loop turns in microseconds, so a lone call barely waits; a busy worker's turns are long, so calls queue
+    for the gate, and each generation's next write carries everything that arrived meanwhile: that is what
+    makes batches grow with load (worker/publisher.py). redis-py's pool did much the same by accident: it
+    holds its lock across a probe of the connection that yields to the loop. Weaker brakes (none, a hold timed
+    by the write's round trip, a gate of one turn) made batches at saturation 2 to 20 times smaller, and each
+    extra event cost the API, Redis and the clients more than the cheaper write saved (BENCHMARKS.md).
 
     Only for scripts that are safe to repeat (the publish script drops a repeat by its sequence number): a call
     that finds its kept connection closed is sent again on a new one, as redis-py's pool would have found the
@@ -29,12 +40,16 @@ class DirectScript:
     def __init__(self, pool: ConnectionPool, script: str, timeout_s: float) -> None:
         self._pool = pool
         self._script = script
-        self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()  # the name Redis caches it under
+        self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()  # Redis's name for it
         self._timeout_s = timeout_s
         self._free: list[AbstractConnection] = []
         self._closed = False
+        self._gate = asyncio.Lock()
 
     async def __call__(self, keys: list[str], args: list[str | int]) -> Any:
+        async with self._gate:
+            for _ in range(TURNS_PER_CALL):
+                await asyncio.sleep(0)
         try:
             return await self._call("EVALSHA", self._sha, len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted or its scripts were flushed

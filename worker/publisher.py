@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,12 +10,6 @@ from shared import events
 from shared.retry import until_redis_answers
 from shared.state import Generations, PublishResult, Status
 from worker.metrics import TOKENS
-
-# After a write, the next waits this many times the write's round trip (see Publisher), at most MAX_HOLD_S.
-_HOLD_PER_ROUND_TRIP = 2.0
-MAX_HOLD_S = 0.15
-# A shorter wait is not worth a timer (uvloop's timers count whole milliseconds anyway).
-_MIN_WAIT_S = 0.001
 
 
 class PublishRefused(Exception):
@@ -42,13 +35,11 @@ class _Write:
 class Publisher:
     """Writes a generation's pieces to its stream as fast as Redis takes them, one write at a time.
 
-    A piece goes out at once when no write is in flight and the last write's hold is over; pieces that arrive
-    meanwhile wait and go together in the next write, consecutive pieces of one kind merged into one event.
-    The hold is twice the last write's own round trip (at most `max_hold_s`), so a generation's writes take at
-    most a third of its time: on an idle system it is under a millisecond and skipped (about one token per
-    event, no added lag), and a busy worker or a busy Redis, whose round trips grow, gets bigger batches (fewer
-    Redis commands and SSE frames per token) without a timer. Without the hold, cheap writes (`DirectScript`)
-    made batches shrink under load just when they should grow. `min_interval_s` (0: off) spaces writes out
+    A piece goes out at once when no write is in flight; pieces that arrive during a write wait and go
+    together in the next one, consecutive pieces of one kind merged into one event. So an idle system sends
+    about one token per event with no added lag, and a busy worker or a slow Redis gets bigger batches (fewer
+    Redis commands and SSE frames per token) without a timer: on a busy worker a write waits its turn to start
+    (shared/redis_direct.py), and that wait is what grows batches. `min_interval_s` (0: off) spaces writes out
     further, at the cost of that much lag. Cancellation requests ride back on every write's reply.
 
     Each write carries a sequence number. While Redis is unreachable a write is retried until it gets through
@@ -56,19 +47,11 @@ class Publisher:
     repeated with the same number first, so nothing is written twice.
     """
 
-    def __init__(
-        self,
-        generations: Generations,
-        generation_id: str,
-        attempt: int,
-        min_interval_s: float = 0.0,
-        max_hold_s: float = MAX_HOLD_S,
-    ) -> None:
+    def __init__(self, generations: Generations, generation_id: str, attempt: int, min_interval_s: float = 0.0) -> None:
         self._generations = generations
         self._id = generation_id
         self._attempt = attempt
         self._min_interval_s = min_interval_s
-        self._max_hold_s = max_hold_s
         self._pending: list[tuple[Literal["content", "reasoning"], str]] = []
         self._next_write_at = 0.0
         self._pause: asyncio.Future[None] | None = None
@@ -96,7 +79,7 @@ class Publisher:
         try:
             async with self._lock:
                 while self._pending and not self._handover:
-                    if not await self._waited_interval():
+                    if self._min_interval_s and not await self._waited_interval():
                         break
                     await self._repeat_unacked()
                     await self._write(self._take())
@@ -109,9 +92,9 @@ class Publisher:
                 self._writer = None
 
     async def _waited_interval(self) -> bool:
-        """Sleep out the hold after the last write (and `min_interval_s`); False if a caller cut it short."""
-        delay = self._next_write_at - time.perf_counter()
-        if delay < _MIN_WAIT_S:
+        """Sleep out the minimum interval since the last write; False if a caller cut it short."""
+        delay = self._next_write_at - _now()
+        if delay <= 0:
             return True
         loop = asyncio.get_running_loop()
         self._pause = pause = loop.create_future()
@@ -190,7 +173,7 @@ class Publisher:
         batch, self._pending = self._pending, []
         if batch:
             TOKENS.inc(len(batch))  # once per write, not per piece: the counter's lock stays off the token path
-        self._next_write_at = time.perf_counter() + self._min_interval_s
+        self._next_write_at = _now() + self._min_interval_s
         payloads: list[str] = []
         start = 0
         for end in range(1, len(batch) + 1):
@@ -228,12 +211,8 @@ class Publisher:
         return await self._call(write)
 
     async def _call(self, write: _Write) -> PublishResult:
-        started = 0.0
-
-        async def attempt() -> PublishResult:
-            nonlocal started
-            started = time.perf_counter()  # the round trip of the attempt that got through, not the outage
-            return await self._generations.publish(
+        result = await until_redis_answers(
+            lambda: self._generations.publish(
                 self._id,
                 self._attempt,
                 write.payloads,
@@ -242,12 +221,9 @@ class Publisher:
                 write.terminal_id,
                 first=write.first,
                 seq=write.seq,
-            )
-
-        result = await until_redis_answers(attempt, f"publishing to {self._id}")
-        ended = time.perf_counter()
-        hold = min((ended - started) * _HOLD_PER_ROUND_TRIP, self._max_hold_s)
-        self._next_write_at = max(self._next_write_at, ended + hold)
+            ),
+            f"publishing to {self._id}",
+        )
         self._unacked = None
         self.last_write_at = _now()
         self.cancel_requested = self.cancel_requested or result.cancel_requested

@@ -1,4 +1,4 @@
-"""worker.publisher.Publisher on a real Redis: write-behind batching, the hold, min interval, finish, refusal, retry."""
+"""worker.publisher.Publisher against a real Redis: write-behind batching, minimum interval, finish, refusal, retry."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from shared.ids import new_generation_id
 from shared.jobs import StoredRequest
 from shared.state import Generations, PublishResult
 from shared.streams import fold, read_range
-from worker.publisher import MAX_HOLD_S, Publisher, PublishRefused
+from worker.publisher import Publisher, PublishRefused
 
 REQUEST = StoredRequest(messages=[{"role": "user", "content": "hi"}], model="demo-model")
 # A minimum interval long enough that nothing but the test's own action ends it.
@@ -199,72 +199,6 @@ async def test_min_interval_holds_later_pieces_back(redis: Redis, generations: C
     await _written(redis, generations, generation_id, 2)  # no further add, no flush: the interval's end writes
     written = await _events(redis, generations, generation_id)
     assert [event["data"] for event in written] == ["first", "secondthird"]
-
-
-class SlowGenerations(CountingGenerations):
-    """Every publish takes `round_trip_s` (a busy Redis or worker); records when each one started and ended."""
-
-    def __init__(self, redis: Redis, settings: Settings, round_trip_s: float) -> None:
-        super().__init__(redis, settings)
-        self.round_trip_s = round_trip_s
-        self.spans: list[tuple[float, float]] = []
-
-    async def publish(
-        self, generation_id: str, attempt: int, payloads: list[str], *args: Any, **kwargs: Any
-    ) -> PublishResult:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await asyncio.sleep(self.round_trip_s)
-        result = await super().publish(generation_id, attempt, payloads, *args, **kwargs)
-        self.spans.append((started, loop.time()))
-        return result
-
-
-def _slow(redis: Redis, round_trip_s: float) -> SlowGenerations:
-    return SlowGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60), round_trip_s)
-
-
-async def _hold_after_one_write(redis: Redis, slow: SlowGenerations, publisher: Publisher, generation_id: str) -> float:
-    """Writes "a", then adds "b", "c", "d" during the hold: the gap between the two writes."""
-    publisher.add("content", "a")
-    await _written(redis, slow, generation_id, 1)
-    for piece in ["b", "c", "d"]:
-        publisher.add("content", piece)
-        await asyncio.sleep(0)
-    await _written(redis, slow, generation_id, 2)
-    assert [event["data"] for event in await _events(redis, slow, generation_id)] == ["a", "bcd"]
-    assert len(slow.calls) == 2  # "b", "c" and "d" went in one write
-    (_, first_end), (second_start, _) = slow.spans
-    return second_start - first_end
-
-
-async def test_after_a_slow_write_the_next_waits_twice_its_round_trip_and_takes_what_came(redis: Redis) -> None:
-    slow = _slow(redis, 0.3)
-    generation_id, attempt = await _running(slow)
-    gap = await _hold_after_one_write(redis, slow, Publisher(slow, generation_id, attempt, max_hold_s=5), generation_id)
-    assert gap >= 2 * 0.3 - 0.01
-
-
-async def test_the_hold_is_capped(redis: Redis) -> None:
-    slow = _slow(redis, 0.3)
-    generation_id, attempt = await _running(slow)
-    gap = await _hold_after_one_write(redis, slow, Publisher(slow, generation_id, attempt), generation_id)
-    assert MAX_HOLD_S - 0.01 <= gap < 2 * 0.3 - 0.1  # the cap, well short of twice the round trip
-
-
-async def test_a_flush_cuts_the_hold_short(redis: Redis) -> None:
-    slow = _slow(redis, 0.5)
-    generation_id, attempt = await _running(slow)
-    publisher = Publisher(slow, generation_id, attempt, max_hold_s=5)
-    publisher.add("content", "a")
-    await _written(redis, slow, generation_id, 1)
-    publisher.add("content", "b")  # held for ~1 s after the write of "a"
-    for _ in range(3):  # the background writer starts and waits out the hold
-        await asyncio.sleep(0)
-    asked = asyncio.get_running_loop().time()
-    await publisher.flush()
-    assert slow.spans[1][0] - asked < 0.5  # started at once, not at the hold's end
-    assert [event["data"] for event in await _events(redis, slow, generation_id)] == ["a", "b"]
 
 
 async def test_finish_writes_pending_pieces_and_terminal_in_one_publish(

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Connection, ConnectionPool, Redis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.redis_direct import DirectScript
+from shared.redis_direct import TURNS_PER_CALL, DirectScript
 
 ECHO = "return {KEYS[1], ARGV[1], ARGV[2]}"
 # Holds Redis for ARGV[2] ms, appends ARGV[1] to the list KEYS[1], then answers ARGV[1].
@@ -69,6 +70,45 @@ async def test_a_nil_reply_is_a_reply(client: Redis) -> None:
         assert await direct(["k"], []) is None
     finally:
         await direct.aclose()
+
+
+class _Recorded(Connection):
+    """Notes the event loop's turn at each script call sent (class-level: the pool makes the connections)."""
+
+    turns: list[int] = []
+    clock: list[int] = [0]
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if b"EVALSHA" in b"".join(command)[:40]:  # not the handshake's commands
+            _Recorded.turns.append(_Recorded.clock[0])
+        await super().send_packed_command(command, check_health)
+
+
+async def test_concurrent_calls_start_one_at_a_time_turns_of_the_loop_apart(redis_url: str) -> None:
+    loop = asyncio.get_running_loop()
+    ticking = True
+
+    def tick() -> None:  # counts the loop's turns
+        _Recorded.clock[0] += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    pool = ConnectionPool.from_url(redis_url, decode_responses=True, connection_class=_Recorded)
+    direct = DirectScript(pool, ECHO, timeout_s=5)
+    # Redis knows the script (no call is sent twice) and ten connections are open (no handshake in between).
+    await asyncio.gather(*(direct(["k"], ["warm", i]) for i in range(10)))
+    _Recorded.turns.clear()
+    tick()
+    try:
+        replies = await asyncio.gather(*(direct(["k"], [str(i), i]) for i in range(10)))
+        assert replies == [["k", str(i), str(i)] for i in range(10)]  # all served, in order
+        turns = _Recorded.turns
+        assert len(turns) == 10
+        assert all(later - earlier >= TURNS_PER_CALL for earlier, later in itertools.pairwise(turns)), turns
+    finally:
+        ticking = False
+        await direct.aclose()
+        await pool.aclose()
 
 
 async def test_a_script_error_reaches_the_caller_and_the_next_call_still_works(client: Redis) -> None:
