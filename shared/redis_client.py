@@ -23,7 +23,8 @@ def streams_client(settings: Settings, max_connections: int | None = None, **opt
 
     `max_connections`: a bounded pool whose commands wait for a free connection instead of opening
     another, so a burst of requests cannot open dozens of connections (the API). None: redis-py's
-    default pool, which opens one per concurrent command (the worker, whose writes must not queue).
+    default pool, which opens one per concurrent command (the worker, whose commands must not wait for a
+    connection; its publishes have their own, shared/redis_direct.py).
     A Cluster client keeps its own per-node pools either way.
     """
     kwargs: dict[str, Any] = {
