@@ -8,10 +8,10 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-# Turns of the event loop a call holds the gate for before the next call may start (see DirectScript).
+# Turns of the event loop a call holds the gate for; the next call starts a turn after (see DirectScript).
 TURNS_PER_CALL = 3
 
 
@@ -24,13 +24,14 @@ class DirectScript:
     hiredis packing), made from its settings. A call that fails or is cancelled mid-way drops its connection:
     a reply may still be on it.
 
-    Calls start one at a time, each holding a gate for `TURNS_PER_CALL` turns of the event loop. An idle
-    loop turns in microseconds, so a lone call barely waits; a busy worker's turns are long, so calls queue
-    for the gate, and each generation's next write carries everything that arrived meanwhile: that is what
-    makes batches grow with load (worker/publisher.py). redis-py's pool did much the same by accident: it
-    holds its lock across a probe of the connection that yields to the loop. Weaker brakes (none, a hold timed
-    by the write's round trip, a gate of one turn) made batches at saturation 2 to 20 times smaller, and each
-    extra event cost the API, Redis and the clients more than the cheaper write saved (BENCHMARKS.md).
+    Calls start one at a time, each holding a gate for `TURNS_PER_CALL` turns of the event loop, so starts
+    are four turns apart (through redis-py's pool, about three). An idle loop turns in microseconds, so a lone
+    call barely waits; a busy worker's turns are long, so calls queue for the gate, and each generation's next
+    write carries everything that arrived meanwhile: that is what makes batches grow with load
+    (worker/publisher.py). redis-py's pool did much the same by accident: it holds its lock across a probe of
+    the connection that yields to the loop. Weaker brakes (none, a hold timed by the write's round trip, a gate
+    held one turn) made batches at saturation 2 to 20 times smaller, and each extra event cost the API, Redis
+    and the clients more than the cheaper write saved (BENCHMARKS.md).
 
     Only for scripts that are safe to repeat (the publish script drops a repeat by its sequence number): a call
     that finds its kept connection closed is sent again on a new one, as redis-py's pool would have found the
@@ -73,8 +74,8 @@ class DirectScript:
                     await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                 await connection.send_packed_command(connection.pack_command(*command), check_health=False)
                 reply = await connection.read_response()
-        except NoScriptError:
-            await self._keep(connection)  # an error reply, read whole: the connection is clean
+        except ResponseError:  # an error reply (NOSCRIPT, a script's error), read whole: the connection is clean
+            await self._keep(connection)
             raise
         except TimeoutError:  # asyncio.timeout's; redis-py raises its own, which callers already handle
             await connection.disconnect(nowait=True)

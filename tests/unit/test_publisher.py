@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -27,10 +27,11 @@ LONG_WINDOW_S = 5.0
 
 
 class CountingGenerations(Generations):
-    """Records every publish call (number of payloads per call) and every reply's outcome."""
+    """Records every publish call (number of payloads per call) and every reply's outcome; publishes as the
+    worker does (`direct_publish`)."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
-        super().__init__(redis, settings)
+        super().__init__(redis, settings, direct_publish=True)
         self.calls: list[int] = []
         self.outcomes: list[str] = []
 
@@ -44,8 +45,10 @@ class CountingGenerations(Generations):
 
 
 @pytest.fixture
-def generations(redis: Redis) -> CountingGenerations:
-    return CountingGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60))
+async def generations(redis: Redis) -> AsyncIterator[CountingGenerations]:
+    generations = CountingGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60))
+    yield generations
+    await generations.aclose()
 
 
 async def _running(generations: Generations) -> tuple[str, int]:
@@ -98,8 +101,10 @@ class GatedGenerations(CountingGenerations):
 
 
 @pytest.fixture
-def gated(redis: Redis) -> GatedGenerations:
-    return GatedGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60))
+async def gated(redis: Redis) -> AsyncIterator[GatedGenerations]:
+    generations = GatedGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60))
+    yield generations
+    await generations.aclose()
 
 
 async def test_a_piece_with_no_write_in_flight_goes_out_alone_at_once(
@@ -352,8 +357,10 @@ class FlakyGenerations(CountingGenerations):
 
 
 @pytest.fixture
-def flaky(redis: Redis) -> FlakyGenerations:
-    return FlakyGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60))
+async def flaky(redis: Redis) -> AsyncIterator[FlakyGenerations]:
+    generations = FlakyGenerations(redis, Settings(key_prefix="u" + uuid.uuid4().hex[:8], finished_ttl_s=60))
+    yield generations
+    await generations.aclose()
 
 
 async def _finish_done(publisher: Publisher, text: str) -> PublishResult:

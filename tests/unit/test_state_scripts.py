@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -28,14 +29,17 @@ REQUEST = StoredRequest(
 )
 
 
-@pytest.fixture
-def generations(redis: Redis) -> Generations:
+@pytest.fixture(params=[False, True], ids=["redis-py", "direct"])
+async def generations(redis: Redis, request: pytest.FixtureRequest) -> AsyncIterator[Generations]:
+    """Both publish paths: redis-py's (a worker on a Redis Cluster) and `DirectScript` (on plain Redis)."""
     settings = Settings(
         key_prefix="u" + uuid.uuid4().hex[:8],
         finished_ttl_s=FINISHED_TTL_S,
         live_ttl_s=LIVE_TTL_S,
     )
-    return Generations(redis, settings)
+    generations = Generations(redis, settings, direct_publish=request.param)
+    yield generations
+    await generations.aclose()
 
 
 async def _new(generations: Generations, owner: str = "anonymous") -> str:
