@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -32,16 +31,7 @@ def _unique(script: str) -> str:
     return f"{script}\n-- {uuid.uuid4().hex}"
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
-
-
-async def test_calls_answer_like_redis_py_and_reuse_their_connections(client: Redis, redis_url: str) -> None:
+async def test_calls_answer_like_redis_py_and_reuse_their_connections(redis: Redis, redis_url: str) -> None:
     name = f"direct-{uuid.uuid4().hex[:8]}"
     named = Redis.from_url(redis_url, decode_responses=True, client_name=name)  # only its pool is used
     direct = DirectScript(named.connection_pool, _unique(ECHO), timeout_s=5)
@@ -49,27 +39,27 @@ async def test_calls_answer_like_redis_py_and_reuse_their_connections(client: Re
     marker = f"direct-test:{uuid.uuid4().hex}"
     try:
         assert await direct(["k"], ["a", 1]) == ["k", "a", "1"]  # first call: NOSCRIPT, then EVAL
-        assert await _named(client, name) == 1
+        assert await _named(redis, name) == 1
         replies = [await direct([f"k{i}"], [f"v{i}", i]) for i in range(20)]
         assert replies == [[f"k{i}", f"v{i}", str(i)] for i in range(20)]
-        assert await _named(client, name) == 1  # one connection, taken back after each call
+        assert await _named(redis, name) == 1  # one connection, taken back after each call
         # Each call holds Redis 100 ms, so all five are in flight at once: one connection each.
         assert await asyncio.gather(*(slow([marker], [f"c{i}", 100]) for i in range(5))) == [f"c{i}" for i in range(5)]
-        assert await _named(client, name) == 6
+        assert await _named(redis, name) == 6
         await asyncio.gather(*(slow([marker], [f"d{i}", 100]) for i in range(5)))
-        assert await _named(client, name) == 6  # the same ones again
+        assert await _named(redis, name) == 6  # the same ones again
         await direct.aclose()
         await slow.aclose()
-        await _until_named(client, name, 0)
+        await _until_named(redis, name, 0)
     finally:
-        await client.delete(marker)
+        await redis.delete(marker)
         await direct.aclose()
         await slow.aclose()
         await named.aclose()
 
 
-async def test_a_nil_reply_is_a_reply(client: Redis) -> None:
-    direct = DirectScript(client.connection_pool, "return nil", timeout_s=5)
+async def test_a_nil_reply_is_a_reply(redis: Redis) -> None:
+    direct = DirectScript(redis.connection_pool, "return nil", timeout_s=5)
     try:
         assert await direct(["k"], []) is None
     finally:
@@ -88,7 +78,7 @@ class _Recorded(Connection):
         await super().send_packed_command(command, check_health)
 
 
-async def test_concurrent_calls_start_one_at_a_time_turns_of_the_loop_apart(client: Redis, redis_url: str) -> None:
+async def test_concurrent_calls_start_one_at_a_time_turns_of_the_loop_apart(redis: Redis, redis_url: str) -> None:
     loop = asyncio.get_running_loop()
     ticking = True
 
@@ -104,7 +94,7 @@ async def test_concurrent_calls_start_one_at_a_time_turns_of_the_loop_apart(clie
     # Ten calls in flight at once (each holds Redis 50 ms): Redis knows the script and ten connections are open,
     # so no measured call sends twice or waits for a handshake after leaving the gate.
     await asyncio.gather(*(direct([marker], ["warm", 50]) for _ in range(10)))
-    assert await _named(client, name) == 10
+    assert await _named(redis, name) == 10
     _Recorded.turns.clear()
     tick()
     try:
@@ -115,14 +105,14 @@ async def test_concurrent_calls_start_one_at_a_time_turns_of_the_loop_apart(clie
         assert all(later - earlier >= TURNS_PER_CALL for earlier, later in itertools.pairwise(turns)), turns
     finally:
         ticking = False
-        await client.delete(marker)
+        await redis.delete(marker)
         await direct.aclose()
         await pool.aclose()
 
 
-async def test_a_script_error_reaches_the_caller_and_the_next_call_still_works(client: Redis) -> None:
-    direct = DirectScript(client.connection_pool, "return redis.error_reply('bad ' .. ARGV[1])", timeout_s=5)
-    echo = DirectScript(client.connection_pool, ECHO, timeout_s=5)
+async def test_a_script_error_reaches_the_caller_and_the_next_call_still_works(redis: Redis) -> None:
+    direct = DirectScript(redis.connection_pool, "return redis.error_reply('bad ' .. ARGV[1])", timeout_s=5)
+    echo = DirectScript(redis.connection_pool, ECHO, timeout_s=5)
     try:
         with pytest.raises(ResponseError, match="bad input"):
             await direct(["k"], ["input"])
@@ -134,8 +124,8 @@ async def test_a_script_error_reaches_the_caller_and_the_next_call_still_works(c
         await echo.aclose()
 
 
-async def test_a_call_cancelled_before_its_reply_does_not_hand_that_reply_to_the_next(client: Redis) -> None:
-    direct = DirectScript(client.connection_pool, SLOW_ECHO, timeout_s=5)
+async def test_a_call_cancelled_before_its_reply_does_not_hand_that_reply_to_the_next(redis: Redis) -> None:
+    direct = DirectScript(redis.connection_pool, SLOW_ECHO, timeout_s=5)
     marker = f"direct-test:{uuid.uuid4().hex}"
     try:
         assert await direct([marker], ["warm", 0]) == "warm"
@@ -148,14 +138,14 @@ async def test_a_call_cancelled_before_its_reply_does_not_hand_that_reply_to_the
         # Had the cancelled call's connection gone back to the free list, this would read "first".
         assert await direct([marker], ["second", 0]) == "second"
         # Redis ran the cancelled call (its reply was on the wire): the case under test.
-        assert await client.lrange(marker, 0, -1) == ["warm", "first", "second"]  # type: ignore[misc]
+        assert await redis.lrange(marker, 0, -1) == ["warm", "first", "second"]  # type: ignore[misc]
     finally:
-        await client.delete(marker)
+        await redis.delete(marker)
         await direct.aclose()
 
 
 async def test_calls_after_redis_closed_the_kept_connections_go_through_on_new_ones(
-    client: Redis, redis_url: str
+    redis: Redis, redis_url: str
 ) -> None:
     name = f"direct-{uuid.uuid4().hex[:8]}"
     named = Redis.from_url(redis_url, decode_responses=True, client_name=name)  # only its pool is used
@@ -163,14 +153,14 @@ async def test_calls_after_redis_closed_the_kept_connections_go_through_on_new_o
     marker = f"direct-test:{uuid.uuid4().hex}"
     try:
         await asyncio.gather(*(direct([marker], [str(i), 50]) for i in range(3)))  # in flight at once
-        kept = [info["id"] for info in await client.client_list() if info["name"] == name]
+        kept = [info["id"] for info in await redis.client_list() if info["name"] == name]
         assert len(kept) == 3
         for client_id in kept:  # as a Redis restart or an idle timeout would
-            await client.client_kill_filter(_id=client_id)
+            await redis.client_kill_filter(_id=client_id)
         assert await direct([marker], ["after", 0]) == "after"
         assert await asyncio.gather(*(direct([marker], [str(i), 0]) for i in range(3))) == ["0", "1", "2"]
     finally:
-        await client.delete(marker)
+        await redis.delete(marker)
         await direct.aclose()
         await named.aclose()
 
@@ -208,14 +198,14 @@ async def test_a_server_that_never_answers_times_out_as_a_redis_timeout(options:
         await server.wait_closed()
 
 
-async def _named(client: Redis, name: str) -> int:
-    return sum(1 for info in await client.client_list() if info["name"] == name)
+async def _named(redis: Redis, name: str) -> int:
+    return sum(1 for info in await redis.client_list() if info["name"] == name)
 
 
-async def _until_named(client: Redis, name: str, count: int) -> None:
+async def _until_named(redis: Redis, name: str, count: int) -> None:
     """Redis notices a closed connection a moment after the close: wait for it, bounded."""
     for _ in range(200):
-        if await _named(client, name) == count:
+        if await _named(redis, name) == count:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"{await _named(client, name)} connections named {name}, not {count}")
+    raise AssertionError(f"{await _named(redis, name)} connections named {name}, not {count}")
