@@ -91,9 +91,9 @@ async def test_concurrent_calls_start_one_at_a_time_turns_of_the_loop_apart(redi
     pool = ConnectionPool.from_url(redis_url, decode_responses=True, connection_class=_Recorded, client_name=name)
     direct = DirectScript(pool, SLOW_ECHO, timeout_s=5)
     marker = f"direct-test:{uuid.uuid4().hex}"
-    # Ten calls in flight at once (each holds Redis 50 ms): Redis knows the script and ten connections are open,
+    # Ten calls in flight at once (each holds Redis 100 ms): Redis knows the script and ten connections are open,
     # so no measured call sends twice or waits for a handshake after leaving the gate.
-    await asyncio.gather(*(direct([marker], ["warm", 50]) for _ in range(10)))
+    await asyncio.gather(*(direct([marker], ["warm", 100]) for _ in range(10)))
     assert await _named(redis, name) == 10
     _Recorded.turns.clear()
     tick()
