@@ -1,8 +1,14 @@
-"""Per-process stream reader: one blocking XREAD per shard over every followed generation, fanned out in memory.
+"""Per-process stream reader: one connection per shard, waiting on its buckets' doorbells, fanned out in memory.
 
 One XREAD per SSE client would hold one Redis connection per client. Here a shard's reader task holds one
-connection and reads all its keys at once; subscribers get batches through in-process queues. A subscriber
-joining a key wakes the reader (CLIENT UNBLOCK) so its key is read at once.
+connection for all its keys; subscribers get batches through in-process queues. Every script that appends to
+an events stream also rings its bucket's doorbell, a stream of the names of the streams written (shared/lua.py).
+The reader blocks on its doorbells only, then reads just the followed streams that were named, each from its
+position: a read costs Redis and this process what moved, not every stream followed (a blocking XREAD over a
+thousand keys cost Redis about 0.6 ms per call, over half its CPU at 1,000 live streams). Once a second, and
+after every reconnect, it reads every followed stream anyway: a doorbell entry lost (trimmed while the reader
+was far behind, or never rung by a writer of an older version) delays a stream by at most that much. A
+subscriber joining a key wakes the reader (CLIENT UNBLOCK) so its key is read at once.
 
 Hand-over without gap or duplicate: a subscriber registers and notes the key's read position K in the same
 step (no await in between, so the reader cannot move). Entries after K reach it through its queue; entries
@@ -21,16 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.crc import key_slot
 from redis.exceptions import MovedError, RedisError
 
 from shared.config import Settings
@@ -44,8 +49,12 @@ from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("sse_relay.api")
 _READ_COUNT = 500
+# Doorbell entries per read: more are read at once on the next one (a doorbell holds about 1,000).
+_BELL_COUNT = 1000
 # At most one XREAD per shard this often while entries keep coming (see _Shard._gather_writes).
 _READ_INTERVAL_S = 0.010
+# Every followed stream is read at least this often, rung or not.
+_RESYNC_S = 1.0
 
 
 @dataclass(eq=False)
@@ -77,6 +86,9 @@ class _Shard:
         self.control: Redis | None = None
         self.block_ms = block_ms
         self.followed: dict[str, _Followed] = {}
+        self.bells: dict[str, str] = {}  # doorbell -> the last entry id read; "" until placed after a connect
+        self.dirty: set[str] = set()  # keys to read from their positions at once: joined, or lowered
+        self.synced_at = -math.inf  # when every followed key was last read
         self.version = 0
         self.read_version = -1
         self.changed = asyncio.Event()
@@ -123,6 +135,9 @@ class _Shard:
 
     async def disconnect(self) -> None:
         reader, self.reader, self.client_id = self.reader, None, None
+        # Reconnected, the reader places every doorbell again and then reads every followed key.
+        self.bells = dict.fromkeys(self.bells, "")
+        self.synced_at = -math.inf
         if reader is not None:
             with contextlib.suppress(RedisError, OSError):
                 await reader.aclose()
@@ -133,28 +148,75 @@ class _Shard:
             await self.changed.wait()
             return
         self.read_version = self.version
-        sent = dict(self.followed)
-        streams = {key: followed.last_id for key, followed in sent.items()}
         started = time.monotonic()
-        response = await self.xread(streams)
+        due, rung = await self._due(started)
+        streams = {key: self.followed[key].last_id for key in due if key in self.followed}
+        response = None
+        if streams:
+            sent = {key: self.followed[key] for key in streams}
+            response = await self.xread(streams)
+            self._apply(streams, sent, response)
+        # After rings for keys another process follows too: they also come at most once per interval. Not after
+        # a joining key's first read: its first entry (time to first token) is what the reader waits for next.
+        if (response or rung) and self.read_version == self.version:
+            await self._gather_writes(started)
+
+    def _apply(self, streams: dict[str, str], sent: dict[str, _Followed], response: Any) -> None:
         for key, raw_entries in response or []:
             followed = self.followed.get(key)
             if followed is None or followed is not sent.get(key) or followed.last_id != streams[key]:
-                continue  # the key left, came back or was lowered during the read: read again from its position
+                continue  # the key left, came back or was lowered during the read: follow() marked it to read
             # Each entry is [id, [field, value, ...]]; events are written with the one field "e".
             batch = [(entry_id, fields[fields.index("e") + 1]) for entry_id, fields in raw_entries]
             followed.last_id = batch[-1][0]
             followed.confirmed = True
             for subscriber in followed.subscribers:
                 subscriber.queue.put_nowait(batch)
-        if response and self.read_version == self.version:
-            await self._gather_writes(started)
+            if len(raw_entries) >= _READ_COUNT:
+                self.dirty.add(key)  # more than one read's worth: its doorbell entries are already read
+
+    async def _due(self, now: float) -> tuple[Collection[str], bool]:
+        """The keys to read now: all of them once a second (first of all after a connect), else those that
+        joined or were lowered, else those the doorbells name, waiting for a ring. A doorbell is placed at its
+        end before any key of its bucket is read: whatever is written after that read rings past the place.
+        -> (keys, whether doorbells named them)."""
+        unplaced = [bell for bell, last in self.bells.items() if not last]
+        if unplaced:
+            await self._place(unplaced)
+        if now - self.synced_at >= _RESYNC_S:
+            self.synced_at = now
+            self.dirty.clear()
+            return list(self.followed), False
+        if self.dirty:
+            dirty, self.dirty = self.dirty, set()
+            return dirty, False
+        rung = await self._rung(now)
+        return rung, bool(rung)
+
+    async def _place(self, bells: list[str]) -> None:
+        assert self.reader is not None
+        for bell in bells:
+            last = await self.reader.xrevrange(bell, "+", "-", count=1)
+            self.bells[bell] = last[0][0] if last else "0-0"
+
+    async def _rung(self, now: float) -> set[str]:
+        """Blocks until a doorbell rings, at most until the next full read is due -> the keys it names."""
+        assert self.reader is not None
+        block_ms = max(1, min(self.block_ms, int((self.synced_at + _RESYNC_S - now) * 1000)))
+        bells = self.bells
+        args = ("XREAD", "COUNT", _BELL_COUNT, "BLOCK", block_ms, "STREAMS", *bells, *bells.values())
+        reply = await cast(Any, self.reader).execute_command(*args)
+        rung: set[str] = set()
+        for bell, entries in reply or []:
+            bells[bell] = entries[-1][0]
+            rung.update(fields[fields.index("k") + 1] for _, fields in entries)
+        return rung
 
     async def xread(self, streams: dict[str, str]) -> Any:
-        """One blocking read of every followed key (a seam the tests use to hold a reply)."""
+        """One read of these keys, each after its position (a seam the tests use to hold a reply)."""
         assert self.reader is not None
         # The command itself, not redis-py's xread(): that one rebuilds the argument list key by key in Python.
-        args = ("XREAD", "COUNT", _READ_COUNT, "BLOCK", self.block_ms, "STREAMS", *streams, *streams.values())
+        args = ("XREAD", "COUNT", _READ_COUNT, "STREAMS", *streams, *streams.values())
         return await cast(Any, self.reader).execute_command(*args)
 
     async def _gather_writes(self, read_started: float) -> None:
@@ -168,6 +230,12 @@ class _Shard:
         self.changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.changed.wait(), pause)
+
+    def add(self, key: str, bell: str) -> None:
+        """A key joined, or its position was lowered: read it from its position now."""
+        self.bells.setdefault(bell, "")
+        self.dirty.add(key)
+        self.wake()
 
     def wake(self) -> None:
         """Make the reader include a new key now, not after its current BLOCK times out.
@@ -195,9 +263,10 @@ class _Shard:
 class StreamHub:
     """Subscriptions to generation streams for one API process.
 
-    On a plain Redis, `shards` readers share the keys by hash. On a Redis Cluster, one reader per slot in use,
-    connected to the node that owns it: a blocking XREAD can only cover keys of one slot, and a generation's
-    keys carry one of GENERATION_BUCKETS hash tags, so a process holds at most that many readers.
+    A generation's keys carry one of GENERATION_BUCKETS hash tags, its bucket, with the bucket's doorbell. On
+    a plain Redis, `shards` readers share the buckets. On a Redis Cluster, one reader per bucket in use (each
+    bucket is one slot), connected to the node that owns it: one XREAD can only cover keys of one slot, so a
+    process holds at most GENERATION_BUCKETS readers.
     """
 
     def __init__(self, settings: Settings, streams: StreamsRedis, shards: int) -> None:
@@ -209,7 +278,7 @@ class StreamHub:
         # for a connection past its timeout: 503s at 5,000 streams).
         self._controls: dict[str, Redis] = {}
         self.shards: list[_Shard] = []
-        self._by_slot: dict[int, _Shard] = {}
+        self._by_bucket: dict[int, _Shard] = {}
         self._started = False
         if self.cluster is None:
             for _ in range(shards):
@@ -255,18 +324,18 @@ class StreamHub:
         node = self.cluster.get_node_from_key(key)
         return node_url(self.settings.streams_url, node.host, node.port)
 
-    def _shard(self, key: str) -> _Shard:
+    def _shard(self, keys: GenerationKeys) -> _Shard:
+        """By bucket: a shard waits on the doorbells of its buckets (on a cluster, of its one bucket's slot)."""
         if self.cluster is None:
-            return self.shards[zlib.crc32(key.encode()) % len(self.shards)]
-        slot = key_slot(key.encode())
-        shard = self._by_slot.get(slot)
+            return self.shards[keys.bucket % len(self.shards)]
+        shard = self._by_bucket.get(keys.bucket)
         if shard is None:
-            shard = self._by_slot[slot] = self._new_shard()
+            shard = self._by_bucket[keys.bucket] = self._new_shard()
         return shard
 
     async def follow(self, keys: GenerationKeys, after: str) -> AsyncIterator[list[Entry]]:
         """Batches of entries after `after`, then live ones, until the terminal event or the generation expires."""
-        shard = self._shard(keys.events)
+        shard = self._shard(keys)
         subscriber = _Subscriber()
         followed = shard.followed.get(keys.events)
         moved = followed is None
@@ -282,7 +351,7 @@ class StreamHub:
         followed.subscribers.add(subscriber)
         try:
             if moved:
-                shard.wake()
+                shard.add(keys.events, keys.bell)
             last = after
             if _before(after, position):
                 backlog = await self._backlog(keys.events, after, position)

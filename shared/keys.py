@@ -19,12 +19,17 @@ class GenerationKeys:
 
     events: str
     state: str
+    # The bucket's doorbell: a stream naming each events stream as it is written (shared/lua.py), so that an
+    # API's reader reads only the streams that moved (api/stream_hub.py). Same hash tag.
+    bell: str
+    bucket: int
 
 
 def generation_keys(prefix: str, generation_id: str) -> GenerationKeys:
     bucket = zlib.crc32(generation_id.encode()) % GENERATION_BUCKETS
-    base = f"{prefix}:gen:{{{prefix}:{bucket:02d}}}:{generation_id}"
-    return GenerationKeys(events=f"{base}:events", state=f"{base}:state")
+    tag = f"{{{prefix}:{bucket:02d}}}"
+    base = f"{prefix}:gen:{tag}:{generation_id}"
+    return GenerationKeys(events=f"{base}:events", state=f"{base}:state", bell=f"{prefix}:bell:{tag}", bucket=bucket)
 
 
 def worker_health_key(prefix: str) -> str:

@@ -1,7 +1,19 @@
 """Lua scripts behind every write to a generation: one atomic step each, so races between API and worker are safe.
 
 The scripts on one generation take KEYS[1] = the events stream, KEYS[2] = the state hash (same `{id}` hash
-tag). A combined script calls the ones it combines as Lua functions, so each step is written once.
+tag); those that append events also KEYS[3] = the bucket's doorbell (same tag), which they ring. A combined
+script calls the ones it combines as Lua functions, so each step is written once.
+"""
+
+# Ring the doorbell: one entry naming the events stream just written, for the API readers (api/stream_hub.py).
+# Capped (an API that falls this far behind reads every stream it follows anyway, within a second) and
+# expiring a day after the bucket's last event. Without KEYS[3] (a caller of an older version) no ring: the
+# readers then see the write within their resync interval instead of at once.
+_RING = """
+if KEYS[3] then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'k', KEYS[1])
+  redis.call('EXPIRE', KEYS[3], 86400)
+end
 """
 
 
@@ -19,7 +31,8 @@ def _function(name: str, body: str) -> str:
 #       first ('1' on a writer's first write: only then can this be the stream's first entry),
 #       seq (1, 2, ... per attempt; '0': no duplicate check), event...
 # Returns {code, last_id, cancel}: code 1 written, 0 refused (terminal exists), -1 refused (stale attempt).
-PUBLISH = """
+PUBLISH = (
+    """
 local st = redis.call('HMGET', KEYS[2], 'terminal_id', 'attempt', 'cancel', 'status', 'pub_seq')
 local cancel = st[3] or ''
 if not st[4] then return {-2, '', cancel} end
@@ -38,6 +51,9 @@ for i = 10, #ARGV do
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], wanted, 'e', ARGV[i])
   if first == '' then first = id end
 end
+"""
+    + _RING
+    + """
 if ARGV[8] == '1' and redis.call('HSETNX', KEYS[2], 'first_id', first) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
@@ -53,6 +69,7 @@ if ARGV[5] ~= '' then
 end
 return {1, id, cancel}
 """
+)
 
 # A worker starts an attempt. Returns {outcome, attempt, had_output, field, value, ...} (the state hash after
 # the claim, so the job needs no second round trip):
@@ -99,12 +116,16 @@ return reply
 # A caller cancels. Queued: the terminal event is written here, so the provider is never called.
 # Running: a flag the worker polls; the worker writes the terminal event and closes the upstream request.
 # ARGV: maxlen, finished_ttl, event_json, now. Returns {outcome, status}.
-CANCEL = """
+CANCEL = (
+    """
 local st = redis.call('HMGET', KEYS[2], 'status', 'terminal_id')
 if not st[1] then return {'missing', ''} end
 if st[2] then return {'finished', st[1]} end
 if st[1] == 'queued' then
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[3])
+"""
+    + _RING
+    + """
   redis.call('HSETNX', KEYS[2], 'first_id', id)
   redis.call('HSET', KEYS[2], 'status', 'cancelled', 'terminal_id', id, 'finished_at', ARGV[4],
     'error_code', 'cancelled', 'cancel', '1')
@@ -115,6 +136,7 @@ end
 redis.call('HSET', KEYS[2], 'cancel', '1')
 return {'cancelling', st[1]}
 """
+)
 
 # Wake one worker after a job was enqueued (on its own when queue and streams are on different servers).
 # ARGV: wake_max, job id (the woken worker starts that job without looking through the queue first).
@@ -180,7 +202,8 @@ return {now[1], now[2], last[1] and last[1][1] or ''}
 # creation (no clock but Redis's). KEYS: events, state. ARGV: attempt seen, maxlen, finished_ttl, event_json,
 # the state's largest remaining TTL (ms) for a generation old enough to reap.
 # Returns {'ended', id}, {'finished', terminal id}, {'moved', ''}, {'young', ''} or {'missing', ''}.
-REAP = """
+REAP = (
+    """
 local st = redis.call('HMGET', KEYS[2], 'status', 'terminal_id', 'attempt')
 if not st[1] then return {'missing', ''} end
 if st[2] then return {'finished', st[2]} end
@@ -188,6 +211,9 @@ if tostring(st[3] or '0') ~= ARGV[1] then return {'moved', ''} end
 if redis.call('PTTL', KEYS[2]) > tonumber(ARGV[5]) then return {'young', ''} end
 local now = redis.call('TIME')
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[4])
+"""
+    + _RING
+    + """
 redis.call('HSETNX', KEYS[2], 'first_id', id)
 redis.call('HSET', KEYS[2], 'status', 'error', 'terminal_id', id, 'error_code', 'worker_lost',
   'finished_at', now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
@@ -195,3 +221,4 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {'ended', id}
 """
+)

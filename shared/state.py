@@ -205,7 +205,7 @@ class Generations:
             seq,
             *payloads,
         ]
-        code, last_id, cancel = await self._publish(keys=[keys.events, keys.state], args=args)
+        code, last_id, cancel = await self._publish(keys=[keys.events, keys.state, keys.bell], args=args)
         return PublishResult(_PUBLISH_OUTCOMES[int(code)], str(last_id), cancel == "1")
 
     async def aclose(self) -> None:
@@ -231,7 +231,7 @@ class Generations:
             events.error(ErrorCode.WORKER_LOST),
             max_ttl_ms,
         ]
-        outcome, terminal_id = await self._reap(keys=[keys.events, keys.state], args=args)
+        outcome, terminal_id = await self._reap(keys=[keys.events, keys.state, keys.bell], args=args)
         return _text(outcome), _text(terminal_id)
 
     async def cancel(self, generation_id: str) -> tuple[str, str]:
@@ -243,7 +243,7 @@ class Generations:
             events.error(ErrorCode.CANCELLED),
             repr(time.time()),
         ]
-        outcome, status = await self._cancel(keys=[keys.events, keys.state], args=args)
+        outcome, status = await self._cancel(keys=[keys.events, keys.state, keys.bell], args=args)
         return str(outcome), str(status)
 
     async def admit(self, owner: str, generation_id: str) -> bool:

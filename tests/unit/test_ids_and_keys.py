@@ -136,8 +136,9 @@ def test_generation_keys_share_one_hash_tag_and_the_prefix() -> None:
     for key in (keys.events, keys.state):
         assert key.startswith("myprefix:")
         assert generation_id in key
-    assert _hash_tag(keys.events) == _hash_tag(keys.state)
-    assert keys.events != keys.state
+    assert _hash_tag(keys.events) == _hash_tag(keys.state) == _hash_tag(keys.bell)
+    assert len({keys.events, keys.state, keys.bell}) == 3
+    assert keys.bell.startswith("myprefix:") and generation_id not in keys.bell  # one doorbell per bucket
 
 
 def test_generations_spread_over_a_bounded_set_of_slots() -> None:

@@ -394,3 +394,31 @@ async def test_sequence_numbers_start_afresh_with_each_attempt(redis: Redis, gen
     assert stale.outcome == "stale"
     entries = await read_range(redis, generations.keys(generation_id).events)
     assert [json.loads(raw)["type"] for _, raw in entries] == ["content", "content", "content", "reset"]
+
+
+async def _rings(redis: Redis, generations: Generations, generation_id: str) -> int:
+    """Doorbell entries naming this generation's stream (its bucket's other generations ring it too)."""
+    keys = generations.keys(generation_id)
+    entries = await redis.xrange(keys.bell)
+    return sum(1 for _, fields in entries if fields == {"k": keys.events})
+
+
+async def test_every_write_that_appends_rings_the_doorbell_once_and_no_other(
+    redis: Redis, generations: Generations
+) -> None:
+    generation_id, attempt = await _running(generations)
+    await generations.publish(generation_id, attempt, [events.content("a"), events.content("b")], seq=1)
+    assert await _rings(redis, generations, generation_id) == 1  # one ring for the write, not one per event
+    await generations.publish(generation_id, attempt, [events.content("a"), events.content("b")], seq=1)
+    await generations.publish(generation_id, attempt - 1, [events.content("stale")])
+    assert await _rings(redis, generations, generation_id) == 1  # a repeat or a refused write appends nothing
+    await generations.publish(generation_id, attempt, [events.done("ab", "stop", None)], "done", seq=2)
+    assert await _rings(redis, generations, generation_id) == 2
+    assert 0 < await redis.ttl(generations.keys(generation_id).bell) <= 86400
+
+    queued = await _new(generations)
+    assert (await generations.cancel(queued))[0] == "cancelled"
+    assert await _rings(redis, generations, queued) == 1
+    lost, lost_attempt = await _running(generations)
+    assert (await generations.reap(lost, lost_attempt, 0))[0] == "ended"
+    assert await _rings(redis, generations, lost) == 1

@@ -317,3 +317,96 @@ def test_a_cluster_node_url_keeps_the_scheme_credentials_and_options() -> None:
     url = "rediss+cluster://user:secret@node-a:7000/?ssl_cert_reqs=none"
     assert node_url(url, "10.0.0.2", 7001) == "rediss://user:secret@10.0.0.2:7001?ssl_cert_reqs=none"
     assert node_url("redis+cluster://node-a:7000", "10.0.0.3", 7002) == "redis://10.0.0.3:7002"
+
+
+class _RecordingHub(StreamHub):
+    """Records the keys of every stream read each shard sends (the doorbell waits are not stream reads)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.reads: list[set[str]] = []
+        for shard in self.shards:
+            real = shard.xread
+
+            async def recorded(streams: dict[str, str], real: Any = real) -> Any:
+                self.reads.append(set(streams))
+                return await real(streams)
+
+            shard.xread = recorded  # type: ignore[method-assign]
+
+
+@pytest.fixture
+async def recording_hub(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[_RecordingHub, Generations, Redis]]:
+    # No read of every stream during the test, only the first one: what is read is what the doorbell named.
+    monkeypatch.setattr("api.stream_hub._RESYNC_S", 60.0)
+    settings = Settings(redis_url=redis_url, key_prefix="h" + uuid.uuid4().hex[:8], sse_read_block_ms=30_000)
+    streams = Redis.from_url(redis_url, decode_responses=True)
+    hub = _RecordingHub(settings, streams, 1)
+    hub.start()
+    try:
+        yield hub, Generations(streams, settings), streams
+    finally:
+        await hub.stop()
+        await streams.aclose()
+
+
+async def test_a_write_is_read_alone_however_many_streams_are_followed(
+    recording_hub: tuple[_RecordingHub, Generations, Redis],
+) -> None:
+    hub, generations, _ = recording_hub
+    running = [await _running(generations) for _ in range(30)]
+    queues: list[asyncio.Queue[list[Entry]]] = []
+    followers: list[asyncio.Task[None]] = []
+    for generation_id, attempt in running:
+        queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+        queues.append(queue)
+        followers.append(asyncio.ensure_future(_collect_into(hub, generations, generation_id, queue)))
+        await generations.publish(generation_id, attempt, [events.content("first")])
+    for queue in queues:  # every subscriber has joined and been served
+        assert len(await asyncio.wait_for(queue.get(), 5)) == 1
+    # One more write, served through its doorbell: the wait that saw its ring took every earlier one with it.
+    await generations.publish(running[0][0], running[0][1], [events.content("sync")])
+    assert len(await asyncio.wait_for(queues[0].get(), 5)) == 1
+    hub.reads.clear()
+    (generation_id, attempt), queue = running[7], queues[7]
+    await generations.publish(generation_id, attempt, [events.content("second")])
+    assert len(await asyncio.wait_for(queue.get(), 5)) == 1
+    assert hub.reads == [{generations.keys(generation_id).events}]
+    for follower in followers:
+        follower.cancel()
+
+
+async def test_more_than_one_reads_worth_at_once_all_arrives_without_waiting_for_a_full_read(
+    recording_hub: tuple[_RecordingHub, Generations, Redis],
+) -> None:
+    hub, generations, redis = recording_hub
+    generation_id, attempt = await _running(generations)
+    reader = asyncio.ensure_future(_collect(hub, generations, generation_id, "0-0"))
+    await _until(lambda: generations.keys(generation_id).events in hub.shards[0].followed and bool(hub.reads))
+    await generations.publish(generation_id, attempt, [events.content(str(n)) for n in range(1_200)])
+    await generations.publish(generation_id, attempt, [events.done("", "stop", None)], "done")
+    assert await asyncio.wait_for(reader, 5) == await read_range(redis, generations.keys(generation_id).events)
+
+
+async def test_a_write_that_rings_no_doorbell_arrives_with_the_next_full_read(
+    hub_setup: tuple[StreamHub, Generations, Redis],
+) -> None:
+    # A writer of an older version appends without ringing: the once-a-second read of every stream finds it.
+    hub, generations, redis = hub_setup
+    generation_id, _ = await _running(generations)
+    queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+    follower = asyncio.ensure_future(_collect_into(hub, generations, generation_id, queue))
+    keys = generations.keys(generation_id)
+    await _until(lambda: any(keys.events in shard.followed for shard in hub.shards))
+    entry_id = await redis.xadd(keys.events, {"e": events.content("unrung")})
+    assert await asyncio.wait_for(queue.get(), 5) == [(entry_id, events.content("unrung"))]
+    follower.cancel()
+
+
+async def _collect_into(
+    hub: StreamHub, generations: Generations, generation_id: str, queue: asyncio.Queue[list[Entry]]
+) -> None:
+    async for batch in hub.follow(generations.keys(generation_id), "0-0"):
+        queue.put_nowait(batch)
