@@ -49,12 +49,13 @@ from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("sse_relay.api")
 _READ_COUNT = 500
-# Doorbell entries per read: more are read at once on the next one (a doorbell holds about 1,000).
-_BELL_COUNT = 1000
 # At most one XREAD per shard this often while entries keep coming (see _Shard._gather_writes).
 _READ_INTERVAL_S = 0.010
 # Every followed stream is read at least this often, rung or not.
 _RESYNC_S = 1.0
+# Streams that joined and have no entry yet, read in the doorbell wait itself (the newest this many): a first
+# entry then arrives in the wait's reply, not one round trip later (time to first token).
+_FRESH_IN_WAIT = 16
 
 
 @dataclass(eq=False)
@@ -88,6 +89,7 @@ class _Shard:
         self.followed: dict[str, _Followed] = {}
         self.bells: dict[str, str] = {}  # doorbell -> the last entry id read; "" until placed after a connect
         self.dirty: set[str] = set()  # keys to read from their positions at once: joined, or lowered
+        self.fresh: dict[str, None] = {}  # keys that joined and have no entry read yet, oldest first
         self.synced_at = -math.inf  # when every followed key was last read
         self.version = 0
         self.read_version = -1
@@ -170,6 +172,7 @@ class _Shard:
             batch = [(entry_id, fields[fields.index("e") + 1]) for entry_id, fields in raw_entries]
             followed.last_id = batch[-1][0]
             followed.confirmed = True
+            self.fresh.pop(key, None)
             for subscriber in followed.subscribers:
                 subscriber.queue.put_nowait(batch)
             if len(raw_entries) >= _READ_COUNT:
@@ -190,8 +193,7 @@ class _Shard:
         if self.dirty:
             dirty, self.dirty = self.dirty, set()
             return dirty, False
-        rung = await self._rung(now)
-        return rung, bool(rung)
+        return await self._wait(now)
 
     async def _place(self, bells: list[str]) -> None:
         assert self.reader is not None
@@ -199,24 +201,48 @@ class _Shard:
             last = await self.reader.xrevrange(bell, "+", "-", count=1)
             self.bells[bell] = last[0][0] if last else "0-0"
 
-    async def _rung(self, now: float) -> set[str]:
-        """Blocks until a doorbell rings, at most until the next full read is due -> the keys it names."""
+    async def _wait(self, now: float) -> tuple[set[str], bool]:
+        """Blocks until a doorbell rings or a fresh key gets its first entry, at most until the next full read
+        is due. Applies what the fresh keys got -> (the keys the doorbells named and still to read, whether
+        anything came)."""
         assert self.reader is not None
         block_ms = max(1, min(self.block_ms, int((self.synced_at + _RESYNC_S - now) * 1000)))
         bells = self.bells
-        args = ("XREAD", "COUNT", _BELL_COUNT, "BLOCK", block_ms, "STREAMS", *bells, *bells.values())
-        reply = await cast(Any, self.reader).execute_command(*args)
+        fresh = self._fresh()
+        sent = {key: self.followed[key] for key in fresh}
+        reply = await self.xread({**bells, **fresh}, block_ms)
         rung: set[str] = set()
-        for bell, entries in reply or []:
-            bells[bell] = entries[-1][0]
-            rung.update(fields[fields.index("k") + 1] for _, fields in entries)
-        return rung
+        read: list[Any] = []
+        for name, entries in reply or []:
+            if name in bells:
+                bells[name] = entries[-1][0]
+                rung.update(fields[fields.index("k") + 1] for _, fields in entries)
+            else:
+                read.append([name, entries])
+        self._apply(fresh, sent, read)
+        # A ring in the same reply as the key's entries is for entries already read (unless that read hit its
+        # count: _apply marked the key to read again).
+        rung.difference_update(name for name, _ in read)
+        return rung, bool(reply)
 
-    async def xread(self, streams: dict[str, str]) -> Any:
-        """One read of these keys, each after its position (a seam the tests use to hold a reply)."""
+    def _fresh(self) -> dict[str, str]:
+        """The newest keys still without an entry, with their positions; forgets keys that left or got one."""
+        chosen: dict[str, str] = {}
+        for key in reversed(list(self.fresh)):
+            followed = self.followed.get(key)
+            if followed is None or followed.confirmed:
+                del self.fresh[key]
+            elif len(chosen) < _FRESH_IN_WAIT:
+                chosen[key] = followed.last_id
+        return chosen
+
+    async def xread(self, streams: dict[str, str], block_ms: int | None = None) -> Any:
+        """One read of these streams, each after its position, waiting up to `block_ms` for an entry if given
+        (a seam the tests use to hold a reply)."""
         assert self.reader is not None
+        block = ("BLOCK", block_ms) if block_ms is not None else ()
         # The command itself, not redis-py's xread(): that one rebuilds the argument list key by key in Python.
-        args = ("XREAD", "COUNT", _READ_COUNT, "STREAMS", *streams, *streams.values())
+        args = ("XREAD", "COUNT", _READ_COUNT, *block, "STREAMS", *streams, *streams.values())
         return await cast(Any, self.reader).execute_command(*args)
 
     async def _gather_writes(self, read_started: float) -> None:
@@ -235,6 +261,8 @@ class _Shard:
         """A key joined, or its position was lowered: read it from its position now."""
         self.bells.setdefault(bell, "")
         self.dirty.add(key)
+        self.fresh.pop(key, None)
+        self.fresh[key] = None  # the newest
         self.wake()
 
     def wake(self) -> None:

@@ -239,8 +239,8 @@ async def test_a_read_in_flight_is_not_applied_to_a_subscriber_that_joined_durin
     hold = True
     real_xread = shard.xread
 
-    async def xread_held_by_the_test(positions: dict[str, str]) -> Any:
-        reply = await real_xread(positions)
+    async def xread_held_by_the_test(positions: dict[str, str], block_ms: int | None = None) -> Any:
+        reply = await real_xread(positions, block_ms)
         if hold and reply:
             held.set()
             await release.wait()
@@ -320,7 +320,8 @@ def test_a_cluster_node_url_keeps_the_scheme_credentials_and_options() -> None:
 
 
 class _RecordingHub(StreamHub):
-    """Records the keys of every stream read each shard sends (the doorbell waits are not stream reads)."""
+    """Records the keys of every read of streams without waiting (a doorbell wait also reads the streams that
+    joined and have no entry yet)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -328,9 +329,10 @@ class _RecordingHub(StreamHub):
         for shard in self.shards:
             real = shard.xread
 
-            async def recorded(streams: dict[str, str], real: Any = real) -> Any:
-                self.reads.append(set(streams))
-                return await real(streams)
+            async def recorded(streams: dict[str, str], block_ms: int | None = None, real: Any = real) -> Any:
+                if block_ms is None:
+                    self.reads.append(set(streams))
+                return await real(streams, block_ms)
 
             shard.xread = recorded  # type: ignore[method-assign]
 
@@ -376,6 +378,26 @@ async def test_a_write_is_read_alone_however_many_streams_are_followed(
     assert hub.reads == [{generations.keys(generation_id).events}]
     for follower in followers:
         follower.cancel()
+
+
+async def test_a_joining_streams_first_entry_comes_with_the_doorbell_wait_itself(
+    recording_hub: tuple[_RecordingHub, Generations, Redis],
+) -> None:
+    # Time to first token: no second round trip after the ring for a stream that has just joined.
+    hub, generations, redis = recording_hub
+    generation_id, attempt = await _running(generations)
+    key, shard = generations.keys(generation_id).events, hub.shards[0]
+    queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+    follower = asyncio.ensure_future(_collect_into(hub, generations, generation_id, queue))
+    await _until(lambda: {key} in hub.reads)  # read at once on joining: nothing yet
+    async with asyncio.timeout(5):  # then the reader waits, blocked in Redis
+        while not (shard.client_id and "b" in (await redis.client_list(client_id=[str(shard.client_id)]))[0]["flags"]):
+            await asyncio.sleep(0.002)
+    hub.reads.clear()
+    await generations.publish(generation_id, attempt, [events.content("first")])
+    assert len(await asyncio.wait_for(queue.get(), 5)) == 1
+    assert hub.reads == []
+    follower.cancel()
 
 
 async def test_more_than_one_reads_worth_at_once_all_arrives_without_waiting_for_a_full_read(
