@@ -248,10 +248,16 @@ class _Shard:
     async def _gather_writes(self, read_started: float) -> None:
         """Busy streams: let writes pile up briefly so the next XREAD carries many of them. Without this pause
         the reader issued about one XREAD per write (half a command per token at 20 busy streams). An event
-        waits at most _READ_INTERVAL_S more; a new subscriber ends the pause at once (wake() sets `changed`), so
-        a lone stream's first event (time to first token) is not held."""
+        waits at most _READ_INTERVAL_S more. A new subscriber ends the pause at once (wake() sets `changed`, or
+        unblocks the read below), and so does the first entry of a stream that has none yet: meanwhile the
+        reader waits on those streams alone, so a first event (time to first token) is not held."""
         pause = _READ_INTERVAL_S - (time.monotonic() - read_started)
         if pause <= 0:
+            return
+        fresh = self._fresh()
+        if fresh:
+            sent = {key: self.followed[key] for key in fresh}
+            self._apply(fresh, sent, await self.xread(fresh, max(1, int(pause * 1000))))
             return
         self.changed.clear()
         with contextlib.suppress(TimeoutError):
