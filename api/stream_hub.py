@@ -53,9 +53,10 @@ _READ_COUNT = 500
 _READ_INTERVAL_S = 0.010
 # Every followed stream is read at least this often, rung or not.
 _RESYNC_S = 1.0
-# Streams that joined and have no entry yet, read in the doorbell wait itself (the newest this many): a first
-# entry then arrives in the wait's reply, not one round trip later (time to first token).
-_FRESH_IN_WAIT = 16
+# Streams read in the doorbell wait itself, so that their entries arrive in its reply and not one round trip
+# later: every followed stream while there are at most this many (light load: one round trip per event, as a
+# plain blocking read), else the newest this many that have no entry yet (time to first token).
+_IN_WAIT = 16
 
 
 @dataclass(eq=False)
@@ -202,15 +203,17 @@ class _Shard:
             self.bells[bell] = last[0][0] if last else "0-0"
 
     async def _wait(self, now: float) -> tuple[set[str], bool]:
-        """Blocks until a doorbell rings or a fresh key gets its first entry, at most until the next full read
-        is due. Applies what the fresh keys got -> (the keys the doorbells named and still to read, whether
-        anything came)."""
+        """Blocks until a doorbell rings or a stream read in the wait (_IN_WAIT) gets an entry, at most until
+        the next full read is due. Applies what those streams got -> (the keys the doorbells named that are
+        still to read, whether anything came)."""
         assert self.reader is not None
         block_ms = max(1, min(self.block_ms, int((self.synced_at + _RESYNC_S - now) * 1000)))
         bells = self.bells
         fresh = self._fresh()
-        sent = {key: self.followed[key] for key in fresh}
-        reply = await self.xread({**bells, **fresh}, block_ms)
+        few = len(self.followed) <= _IN_WAIT
+        streams = {key: followed.last_id for key, followed in self.followed.items()} if few else fresh
+        sent = {key: self.followed[key] for key in streams}
+        reply = await self.xread({**bells, **streams}, block_ms)
         rung: set[str] = set()
         read: list[Any] = []
         for name, entries in reply or []:
@@ -219,7 +222,7 @@ class _Shard:
                 rung.update(fields[fields.index("k") + 1] for _, fields in entries)
             else:
                 read.append([name, entries])
-        self._apply(fresh, sent, read)
+        self._apply(streams, sent, read)
         # A ring in the same reply as the key's entries is for entries already read (unless that read hit its
         # count: _apply marked the key to read again).
         rung.difference_update(name for name, _ in read)
@@ -232,7 +235,7 @@ class _Shard:
             followed = self.followed.get(key)
             if followed is None or followed.confirmed:
                 del self.fresh[key]
-            elif len(chosen) < _FRESH_IN_WAIT:
+            elif len(chosen) < _IN_WAIT:
                 chosen[key] = followed.last_id
         return chosen
 

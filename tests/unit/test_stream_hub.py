@@ -23,8 +23,13 @@ from shared.streams import Entry, read_range
 from tests.support.tcp_proxy import TcpProxy
 
 
-@pytest.fixture
-async def hub_setup(redis_url: str) -> AsyncIterator[tuple[StreamHub, Generations, Redis]]:
+@pytest.fixture(params=[16, 0], ids=["few-read-in-wait", "all-through-doorbells"])
+async def hub_setup(
+    redis_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[StreamHub, Generations, Redis]]:
+    # Both ways an entry reaches the reader: in the doorbell wait's own reply (a few streams), or named by a
+    # ring and read after it (many streams, which the tests here stand in for with a limit of 0).
+    monkeypatch.setattr("api.stream_hub._IN_WAIT", request.param)
     # A long BLOCK: a subscriber that had to wait for it to time out would hit the test's own deadline.
     settings = Settings(redis_url=redis_url, key_prefix="h" + uuid.uuid4().hex[:8], sse_read_block_ms=30_000)
     streams = Redis.from_url(redis_url, decode_responses=True)
