@@ -2,13 +2,15 @@
 
 One XREAD per SSE client would hold one Redis connection per client. Here a shard's reader task holds one
 connection for all its keys; subscribers get batches through in-process queues. Every script that appends to
-an events stream also rings its bucket's doorbell, a stream of the names of the streams written (shared/lua.py).
-The reader blocks on its doorbells only, then reads just the followed streams that were named, each from its
-position: a read costs Redis and this process what moved, not every stream followed (a blocking XREAD over a
-thousand keys cost Redis about 0.6 ms per call, over half its CPU at 1,000 live streams). Once a second, and
-after every reconnect, it reads every followed stream anyway: a doorbell entry lost (trimmed while the reader
-was far behind, or never rung by a writer of an older version) delays a stream by at most that much. A
-subscriber joining a key wakes the reader (CLIENT UNBLOCK) so its key is read at once.
+an events stream also rings its bucket's doorbell: an entry in a stream of its own naming the stream written
+and the write's last entry id (shared/lua.py). The reader blocks on its doorbells (and on a few streams
+itself: all it follows while they are at most _IN_WAIT, else the newest without an entry yet), then reads
+just the followed streams the rings name that have entries it has not read: a read costs Redis and this
+process what moved, not every stream followed (a blocking XREAD over a thousand keys cost Redis about 0.6 ms
+per call, over half its CPU at 1,000 live streams). Once a second, and after every reconnect, it reads every
+followed stream anyway: a ring lost (trimmed while the reader was far behind, or never rung by a writer of an
+older version) delays a stream by at most that much. A subscriber joining a key wakes the reader (CLIENT
+UNBLOCK) so its key is read at once, with the doorbells.
 
 Hand-over without gap or duplicate: a subscriber registers and notes the key's read position K in the same
 step (no await in between, so the reader cannot move). Entries after K reach it through its queue; entries
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -126,7 +129,7 @@ class _Shard:
         # A dedicated connection: the blocking XREAD holds it, and CLIENT UNBLOCK needs its id. Its socket
         # timeout outlives the BLOCK: a reply that is that late means a dead or half-open connection, which
         # without a timeout would stall every stream of the shard for good.
-        options = reader_options(self.block_ms)
+        options = reader_options(min(self.block_ms, int(_RESYNC_S * 1000)))
         reader = Redis.from_url(url, decode_responses=True, single_connection_client=True, **options)
         pack_with_hiredis(reader.connection_pool)
         # XREAD's replies as Redis sends them: redis-py's default callback turns every entry's fields into a
@@ -152,19 +155,12 @@ class _Shard:
             return
         self.read_version = self.version
         started = time.monotonic()
-        due, rung = await self._due(started)
-        streams = {key: self.followed[key].last_id for key in due if key in self.followed}
-        response = None
-        if streams:
-            sent = {key: self.followed[key] for key in streams}
-            response = await self.xread(streams)
-            self._apply(streams, sent, response)
-        # After rings for keys another process follows too: they also come at most once per interval. Not after
-        # a joining key's first read: its first entry (time to first token) is what the reader waits for next.
-        if (response or rung) and self.read_version == self.version:
+        if await self._step(started) and self.read_version == self.version:
             await self._gather_writes(started)
 
-    def _apply(self, streams: dict[str, str], sent: dict[str, _Followed], response: Any) -> None:
+    def _apply(self, streams: dict[str, str], sent: dict[str, _Followed], response: Any) -> bool:
+        """Hands each key's new entries to its subscribers -> whether there were any."""
+        delivered = False
         for key, raw_entries in response or []:
             followed = self.followed.get(key)
             if followed is None or followed is not sent.get(key) or followed.last_id != streams[key]:
@@ -176,25 +172,27 @@ class _Shard:
             self.fresh.pop(key, None)
             for subscriber in followed.subscribers:
                 subscriber.queue.put_nowait(batch)
+            delivered = True
             if len(raw_entries) >= _READ_COUNT:
                 self.dirty.add(key)  # more than one read's worth: its doorbell entries are already read
+        return delivered
 
-    async def _due(self, now: float) -> tuple[Collection[str], bool]:
-        """The keys to read now: all of them once a second (first of all after a connect), else those that
-        joined or were lowered, else those the doorbells name, waiting for a ring. A doorbell is placed at its
-        end before any key of its bucket is read: whatever is written after that read rings past the place.
-        -> (keys, whether doorbells named them)."""
-        unplaced = [bell for bell, last in self.bells.items() if not last]
-        if unplaced:
-            await self._place(unplaced)
+    async def _step(self, now: float) -> bool:
+        """One read: every followed key once a second (first of all after a connect), else those that joined or
+        were lowered, else a wait for a ring; then the keys the doorbells named. A doorbell is placed at its end
+        before any key of its bucket is read: whatever is written after that read rings past the place.
+        -> whether entries were delivered."""
+        while unplaced := [bell for bell, last in self.bells.items() if not last]:
+            await self._place(unplaced)  # again if a key of a new bucket joined meanwhile
         if now - self.synced_at >= _RESYNC_S:
             self.synced_at = now
             self.dirty.clear()
-            return list(self.followed), False
+            return await self._read(list(self.followed))
         if self.dirty:
             dirty, self.dirty = self.dirty, set()
-            return dirty, False
-        return await self._wait(now)
+            return await self._read(dirty)
+        block_ms = max(1, min(self.block_ms, int((self.synced_at + _RESYNC_S - now) * 1000)))
+        return await self._read(self._in_wait(), block_ms)
 
     async def _place(self, bells: list[str]) -> None:
         assert self.reader is not None
@@ -202,42 +200,45 @@ class _Shard:
             last = await self.reader.xrevrange(bell, "+", "-", count=1)
             self.bells[bell] = last[0][0] if last else "0-0"
 
-    async def _wait(self, now: float) -> tuple[set[str], bool]:
-        """Blocks until a doorbell rings or a stream read in the wait (_IN_WAIT) gets an entry, at most until
-        the next full read is due. Applies what those streams got -> (the keys the doorbells named that are
-        still to read, whether anything came)."""
-        assert self.reader is not None
-        block_ms = max(1, min(self.block_ms, int((self.synced_at + _RESYNC_S - now) * 1000)))
+    async def _read(self, keys: Collection[str], block_ms: int | None = None) -> bool:
+        """Reads `keys` and the doorbells together (waiting up to `block_ms` for either), then the followed
+        keys the doorbells named with entries not yet read -> whether entries were delivered."""
         bells = self.bells
-        fresh = self._fresh()
-        few = len(self.followed) <= _IN_WAIT
-        streams = {key: followed.last_id for key, followed in self.followed.items()} if few else fresh
+        streams = {key: self.followed[key].last_id for key in keys if key in self.followed}
         sent = {key: self.followed[key] for key in streams}
         reply = await self.xread({**bells, **streams}, block_ms)
-        rung: set[str] = set()
+        rings: list[list[str]] = []
         read: list[Any] = []
         for name, entries in reply or []:
             if name in bells:
                 bells[name] = entries[-1][0]
-                rung.update(fields[fields.index("k") + 1] for _, fields in entries)
+                rings.extend(fields for _, fields in entries)
             else:
                 read.append([name, entries])
-        self._apply(streams, sent, read)
-        # A ring in the same reply as the key's entries is for entries already read (unless that read hit its
-        # count: _apply marked the key to read again).
-        rung.difference_update(name for name, _ in read)
-        return rung, bool(reply)
+        delivered = self._apply(streams, sent, read)
+        rung = {key: position for key, position in self._rung(rings).items() if key not in self.dirty}
+        if rung:
+            named = {key: self.followed[key] for key in rung}
+            delivered = self._apply(rung, named, await self.xread(rung)) or delivered
+        return delivered
 
-    def _fresh(self) -> dict[str, str]:
-        """The newest keys still without an entry, with their positions; forgets keys that left or got one."""
-        chosen: dict[str, str] = {}
-        for key in reversed(list(self.fresh)):
-            followed = self.followed.get(key)
-            if followed is None or followed.confirmed:
-                del self.fresh[key]
-            elif len(chosen) < _IN_WAIT:
-                chosen[key] = followed.last_id
-        return chosen
+    def _rung(self, rings: list[list[str]]) -> dict[str, str]:
+        """The followed keys these rings name with an entry after their position (a ring carries the id of the
+        write's last entry: one for an entry already read, in this reply or an earlier one, is skipped)."""
+        rung: dict[str, str] = {}
+        for fields in rings:
+            ring = dict(zip(fields[::2], fields[1::2], strict=True))
+            followed = self.followed.get(ring.get("k", ""))
+            if followed is not None and ("i" not in ring or _before(followed.last_id, ring["i"])):
+                rung[ring["k"]] = followed.last_id
+        return rung
+
+    def _in_wait(self) -> list[str]:
+        """The keys the wait reads itself: every followed one while they are few, else the newest without an
+        entry (`fresh` holds exactly the followed keys without one)."""
+        if len(self.followed) <= _IN_WAIT:
+            return list(self.followed)
+        return list(itertools.islice(reversed(self.fresh), _IN_WAIT))
 
     async def xread(self, streams: dict[str, str], block_ms: int | None = None) -> Any:
         """One read of these streams, each after its position, waiting up to `block_ms` for an entry if given
@@ -257,10 +258,11 @@ class _Shard:
         pause = _READ_INTERVAL_S - (time.monotonic() - read_started)
         if pause <= 0:
             return
-        fresh = self._fresh()
+        fresh = [key for key in itertools.islice(reversed(self.fresh), _IN_WAIT) if key in self.followed]
         if fresh:
+            streams = {key: self.followed[key].last_id for key in fresh}
             sent = {key: self.followed[key] for key in fresh}
-            self._apply(fresh, sent, await self.xread(fresh, max(1, int(pause * 1000))))
+            self._apply(streams, sent, await self.xread(streams, max(1, int(pause * 1000))))
             return
         self.changed.clear()
         with contextlib.suppress(TimeoutError):
@@ -405,6 +407,7 @@ class StreamHub:
             followed.subscribers.discard(subscriber)
             if not followed.subscribers and shard.followed.get(keys.events) is followed:
                 del shard.followed[keys.events]
+                shard.fresh.pop(keys.events, None)
 
     async def _backlog(self, key: str, after: str, position: str) -> list[Entry]:
         """Entries after `after` up to `position` (which the reader has delivered, so they all exist).

@@ -81,7 +81,7 @@ async def produce(
                 async with redis.pipeline(transaction=False) as pipe:
                     for generation_id in ids[start : start + _PIPELINE_CALLS]:
                         keys = generations.keys(generation_id)
-                        pipe.evalsha(sha, 2, keys.events, keys.state, *args)
+                        pipe.evalsha(sha, 3, keys.events, keys.state, keys.bell, *args)
                     refused += sum(1 for result in await pipe.execute() if int(result[0]) != 1)
             sent += batch
             ticks += 1

@@ -5,13 +5,14 @@ tag); those that append events also KEYS[3] = the bucket's doorbell (same tag), 
 script calls the ones it combines as Lua functions, so each step is written once.
 """
 
-# Ring the doorbell: one entry naming the events stream just written, for the API readers (api/stream_hub.py).
+# Ring the doorbell: one entry naming the events stream just written and its last entry id (`id` in the script
+# that includes this), for the API readers (api/stream_hub.py).
 # Capped (an API that falls this far behind reads every stream it follows anyway, within a second) and
 # expiring a day after the bucket's last event. Without KEYS[3] (a caller of an older version) no ring: the
 # readers then see the write within their resync interval instead of at once.
 _RING = """
 if KEYS[3] then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'k', KEYS[1])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'k', KEYS[1], 'i', id)
   redis.call('EXPIRE', KEYS[3], 86400)
 end
 """

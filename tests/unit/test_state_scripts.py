@@ -400,15 +400,16 @@ async def _rings(redis: Redis, generations: Generations, generation_id: str) -> 
     """Doorbell entries naming this generation's stream (its bucket's other generations ring it too)."""
     keys = generations.keys(generation_id)
     entries = await redis.xrange(keys.bell)
-    return sum(1 for _, fields in entries if fields == {"k": keys.events})
+    return sum(1 for _, fields in entries if fields["k"] == keys.events)
 
 
 async def test_every_write_that_appends_rings_the_doorbell_once_and_no_other(
     redis: Redis, generations: Generations
 ) -> None:
     generation_id, attempt = await _running(generations)
-    await generations.publish(generation_id, attempt, [events.content("a"), events.content("b")], seq=1)
+    written = await generations.publish(generation_id, attempt, [events.content("a"), events.content("b")], seq=1)
     assert await _rings(redis, generations, generation_id) == 1  # one ring for the write, not one per event
+    assert (await redis.xrange(generations.keys(generation_id).bell))[-1][1]["i"] == written.last_id
     await generations.publish(generation_id, attempt, [events.content("a"), events.content("b")], seq=1)
     await generations.publish(generation_id, attempt - 1, [events.content("stale")])
     assert await _rings(redis, generations, generation_id) == 1  # a repeat or a refused write appends nothing

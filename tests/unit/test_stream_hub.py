@@ -325,8 +325,8 @@ def test_a_cluster_node_url_keeps_the_scheme_credentials_and_options() -> None:
 
 
 class _RecordingHub(StreamHub):
-    """Records the keys of every read of streams without waiting (a doorbell wait also reads the streams that
-    joined and have no entry yet)."""
+    """Records the events streams of every read without waiting (not the doorbells read with them; a doorbell
+    wait also reads some streams itself)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -334,9 +334,11 @@ class _RecordingHub(StreamHub):
         for shard in self.shards:
             real = shard.xread
 
-            async def recorded(streams: dict[str, str], block_ms: int | None = None, real: Any = real) -> Any:
+            async def recorded(
+                streams: dict[str, str], block_ms: int | None = None, real: Any = real, shard: Any = shard
+            ) -> Any:
                 if block_ms is None:
-                    self.reads.append(set(streams))
+                    self.reads.append(set(streams) - set(shard.bells))
                 return await real(streams, block_ms)
 
             shard.xread = recorded  # type: ignore[method-assign]
