@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from api.stream_hub import StreamHub, node_url
+from api.stream_hub import StreamHub, _before, _later, node_url
 from shared import events
 from shared.config import Settings
 from shared.ids import new_generation_id
@@ -439,3 +440,10 @@ async def _collect_into(
 ) -> None:
     async for batch in hub.follow(generations.keys(generation_id), "0-0"):
         queue.put_nowait(batch)
+
+
+def test_a_rings_id_compares_with_a_position_as_stream_ids_do() -> None:
+    ids = ["0-0", "0", "5-0", "10-0", "1-1", "1733112345000-0", "1733112345000-9", "1733112345000-10",
+           "1733112345001-0", "99999999999999-0", "not-an-id"]  # fmt: skip
+    for entry_id, position in itertools.product(ids, ids):
+        assert _later(entry_id, position) == _before(position, entry_id), (entry_id, position)
