@@ -9,7 +9,7 @@ import itertools
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio import Redis
@@ -31,10 +31,21 @@ async def hub_setup(
     # Both ways an entry reaches the reader: in the doorbell wait's own reply (a few streams), or named by a
     # ring and read after it (many streams, which the tests here stand in for with a limit of 0).
     monkeypatch.setattr("api.stream_hub._IN_WAIT", request.param)
+    async with _started(StreamHub, redis_url, shards=2) as setup:
+        yield setup
+
+
+HubType = TypeVar("HubType", bound=StreamHub)
+
+
+@contextlib.asynccontextmanager
+async def _started(
+    hub_type: type[HubType], redis_url: str, shards: int
+) -> AsyncIterator[tuple[HubType, Generations, Redis]]:
     # A long BLOCK: a subscriber that had to wait for it to time out would hit the test's own deadline.
     settings = Settings(redis_url=redis_url, key_prefix="h" + uuid.uuid4().hex[:8], sse_read_block_ms=30_000)
     streams = Redis.from_url(redis_url, decode_responses=True)
-    hub = StreamHub(settings, streams, shards=2)
+    hub = hub_type(settings, streams, shards)
     hub.start()
     try:
         yield hub, Generations(streams, settings), streams
@@ -351,15 +362,8 @@ async def recording_hub(
 ) -> AsyncIterator[tuple[_RecordingHub, Generations, Redis]]:
     # No read of every stream during the test, only the first one: what is read is what the doorbell named.
     monkeypatch.setattr("api.stream_hub._RESYNC_S", 60.0)
-    settings = Settings(redis_url=redis_url, key_prefix="h" + uuid.uuid4().hex[:8], sse_read_block_ms=30_000)
-    streams = Redis.from_url(redis_url, decode_responses=True)
-    hub = _RecordingHub(settings, streams, 1)
-    hub.start()
-    try:
-        yield hub, Generations(streams, settings), streams
-    finally:
-        await hub.stop()
-        await streams.aclose()
+    async with _started(_RecordingHub, redis_url, shards=1) as setup:
+        yield setup
 
 
 async def test_a_write_is_read_alone_however_many_streams_are_followed(
