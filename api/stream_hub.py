@@ -112,11 +112,15 @@ class _Shard:
                 failed = False
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 # MOVED (the slot went to another node), a failover, a timeout: a fresh connection, to wherever
-                # the key's slot is now, reading on from each key's position.
-                log.warning("stream reader: %s; reconnecting", type(exc).__name__)
-                REDIS_ERRORS.inc()
+                # the key's slot is now, reading on from each key's position. Anything else (a reply it does not
+                # expect) too: the shard's streams must not stop with the task.
+                if isinstance(exc, (RedisError, OSError)):
+                    log.warning("stream reader: %s; reconnecting", type(exc).__name__)
+                    REDIS_ERRORS.inc()
+                else:
+                    log.exception("stream reader failed: %s; reconnecting", type(exc).__name__)
                 await self.disconnect()
                 if not failed and isinstance(exc, MovedError):
                     failed = True
@@ -181,7 +185,7 @@ class _Shard:
         """One read: every followed key once a second (first of all after a connect), else those that joined or
         were lowered, else a wait for a ring; then the keys the doorbells named. A doorbell is placed at its end
         before any key of its bucket is read: whatever is written after that read rings past the place.
-        -> whether entries were delivered."""
+        -> whether the batching pause follows (_read)."""
         while unplaced := [bell for bell, last in self.bells.items() if not last]:
             await self._place(unplaced)  # again if a key of a new bucket joined meanwhile
         if now - self.synced_at >= _RESYNC_S:
@@ -202,7 +206,9 @@ class _Shard:
 
     async def _read(self, keys: Collection[str], block_ms: int | None = None) -> bool:
         """Reads `keys` and the doorbells together (waiting up to `block_ms` for either), then the followed
-        keys the doorbells named with entries not yet read -> whether entries were delivered."""
+        keys the doorbells named with entries not yet read -> whether entries were delivered or rings named
+        streams this process does not follow (either way the batching pause follows: rings for other
+        processes' streams then wake this reader at most once per interval)."""
         bells = self.bells
         streams = {key: self.followed[key].last_id for key in keys if key in self.followed}
         sent = {key: self.followed[key] for key in streams}
@@ -213,25 +219,34 @@ class _Shard:
             if name in bells:
                 bells[name] = entries[-1][0]
                 rings.extend(fields for _, fields in entries)
+                if len(entries) >= _READ_COUNT:
+                    self.synced_at = -math.inf  # far behind: rings may be trimmed before they are read
             else:
                 read.append([name, entries])
         delivered = self._apply(streams, sent, read)
-        rung = {key: position for key, position in self._rung(rings).items() if key not in self.dirty}
+        rung, foreign = self._rung(rings)
+        rung = {key: position for key, position in rung.items() if key not in self.dirty}
         if rung:
             named = {key: self.followed[key] for key in rung}
             delivered = self._apply(rung, named, await self.xread(rung)) or delivered
-        return delivered
+        return delivered or foreign
 
-    def _rung(self, rings: list[list[str]]) -> dict[str, str]:
-        """The followed keys these rings name with an entry after their position (a ring carries the id of the
-        write's last entry: one for an entry already read, in this reply or an earlier one, is skipped)."""
+    def _rung(self, rings: list[list[str]]) -> tuple[dict[str, str], bool]:
+        """-> (the followed keys these rings name with an entry after their position, whether any ring named a
+        key this process does not follow). A ring carries the id of the write's last entry: one for an entry
+        already read, in this reply or an earlier one, is skipped."""
         rung: dict[str, str] = {}
+        foreign = False
         for fields in rings:
             # Written as k <key> i <id> (shared/lua.py): read in place, one ring per event at busy times.
+            if len(fields) < 4:
+                continue  # not a ring of this version: the once-a-second read covers its stream
             followed = self.followed.get(fields[1])
-            if followed is not None and _later(fields[3], followed.last_id):
+            if followed is None:
+                foreign = True
+            elif _later(fields[3], followed.last_id):
                 rung[fields[1]] = followed.last_id
-        return rung
+        return rung, foreign
 
     def _in_wait(self) -> list[str]:
         """The keys the wait reads itself: every followed one while they are few, else the newest without an
@@ -254,7 +269,7 @@ class _Shard:
         the reader issued about one XREAD per write (half a command per token at 20 busy streams). An event
         waits at most _READ_INTERVAL_S more. A new subscriber ends the pause at once (wake() sets `changed`, or
         unblocks the read below), and so does the first entry of a stream that has none yet: meanwhile the
-        reader waits on those streams alone, so a first event (time to first token) is not held."""
+        reader waits on the newest _IN_WAIT of those, so a first event (time to first token) is not held."""
         pause = _READ_INTERVAL_S - (time.monotonic() - read_started)
         if pause <= 0:
             return

@@ -451,3 +451,19 @@ def test_a_rings_id_compares_with_a_position_as_stream_ids_do() -> None:
            "1733112345001-0", "99999999999999-0", "not-an-id"]  # fmt: skip
     for entry_id, position in itertools.product(ids, ids):
         assert _later(entry_id, position) == _before(position, entry_id), (entry_id, position)
+
+
+async def test_a_ring_the_reader_does_not_understand_stops_no_stream(
+    hub_setup: tuple[StreamHub, Generations, Redis],
+) -> None:
+    hub, generations, redis = hub_setup
+    generation_id, attempt = await _running(generations)
+    keys = generations.keys(generation_id)
+    queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+    follower = asyncio.ensure_future(_collect_into(hub, generations, generation_id, queue))
+    await _until(lambda: any(keys.events in shard.followed for shard in hub.shards))
+    await redis.xadd(keys.bell, {"k": keys.events})  # no id: not a ring this reader writes
+    for text in ("a", "b"):
+        written = await generations.publish(generation_id, attempt, [events.content(text)])
+        assert await asyncio.wait_for(queue.get(), 5) == [(written.last_id, events.content(text))]
+    follower.cancel()
