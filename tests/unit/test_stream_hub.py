@@ -374,9 +374,9 @@ async def test_a_write_is_read_alone_however_many_streams_are_followed(
     queues: list[asyncio.Queue[list[Entry]]] = []
     followers: list[asyncio.Task[None]] = []
     for generation_id, attempt in running:
-        queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+        queue, follower = _follower(hub, generations, generation_id)
         queues.append(queue)
-        followers.append(asyncio.ensure_future(_collect_into(hub, generations, generation_id, queue)))
+        followers.append(follower)
         await generations.publish(generation_id, attempt, [events.content("first")])
     for queue in queues:  # every subscriber has joined and been served
         assert len(await asyncio.wait_for(queue.get(), 5)) == 1
@@ -399,8 +399,7 @@ async def test_a_joining_streams_first_entry_comes_with_the_doorbell_wait_itself
     hub, generations, redis = recording_hub
     generation_id, attempt = await _running(generations)
     key, shard = generations.keys(generation_id).events, hub.shards[0]
-    queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
-    follower = asyncio.ensure_future(_collect_into(hub, generations, generation_id, queue))
+    queue, follower = _follower(hub, generations, generation_id)
     await _until(lambda: {key} in hub.reads)  # read at once on joining: nothing yet
     async with asyncio.timeout(5):  # then the reader waits, blocked in Redis
         while not (shard.client_id and "b" in (await redis.client_list(client_id=[str(shard.client_id)]))[0]["flags"]):
@@ -430,8 +429,7 @@ async def test_a_write_that_rings_no_doorbell_arrives_with_the_next_full_read(
     # A writer of an older version appends without ringing: the once-a-second read of every stream finds it.
     hub, generations, redis = hub_setup
     generation_id, _ = await _running(generations)
-    queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
-    follower = asyncio.ensure_future(_collect_into(hub, generations, generation_id, queue))
+    queue, follower = _follower(hub, generations, generation_id)
     keys = generations.keys(generation_id)
     await _until(lambda: any(keys.events in shard.followed for shard in hub.shards))
     entry_id = await redis.xadd(keys.events, {"e": events.content("unrung")})
@@ -439,11 +437,17 @@ async def test_a_write_that_rings_no_doorbell_arrives_with_the_next_full_read(
     follower.cancel()
 
 
-async def _collect_into(
-    hub: StreamHub, generations: Generations, generation_id: str, queue: asyncio.Queue[list[Entry]]
-) -> None:
-    async for batch in hub.follow(generations.keys(generation_id), "0-0"):
-        queue.put_nowait(batch)
+def _follower(
+    hub: StreamHub, generations: Generations, generation_id: str
+) -> tuple[asyncio.Queue[list[Entry]], asyncio.Task[None]]:
+    """A subscriber from the start, its batches put in the queue as they come."""
+    queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+
+    async def follow() -> None:
+        async for batch in hub.follow(generations.keys(generation_id), "0-0"):
+            queue.put_nowait(batch)
+
+    return queue, asyncio.ensure_future(follow())
 
 
 def test_a_rings_id_compares_with_a_position_as_stream_ids_do() -> None:
@@ -459,8 +463,7 @@ async def test_a_ring_the_reader_does_not_understand_stops_no_stream(
     hub, generations, redis = hub_setup
     generation_id, attempt = await _running(generations)
     keys = generations.keys(generation_id)
-    queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
-    follower = asyncio.ensure_future(_collect_into(hub, generations, generation_id, queue))
+    queue, follower = _follower(hub, generations, generation_id)
     await _until(lambda: any(keys.events in shard.followed for shard in hub.shards))
     await redis.xadd(keys.bell, {"k": keys.events})  # no id: not a ring this reader writes
     for text in ("a", "b"):
