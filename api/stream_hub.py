@@ -253,7 +253,10 @@ class _Shard:
         entry (`fresh` holds exactly the followed keys without one)."""
         if len(self.followed) <= _IN_WAIT:
             return list(self.followed)
-        return list(itertools.islice(reversed(self.fresh), _IN_WAIT))
+        return self._newest_fresh()
+
+    def _newest_fresh(self) -> list[str]:
+        return [key for key in itertools.islice(reversed(self.fresh), _IN_WAIT) if key in self.followed]
 
     async def xread(self, streams: dict[str, str], block_ms: int | None = None) -> Any:
         """One read of these streams, each after its position, waiting up to `block_ms` for an entry if given
@@ -273,7 +276,7 @@ class _Shard:
         pause = _READ_INTERVAL_S - (time.monotonic() - read_started)
         if pause <= 0:
             return
-        fresh = [key for key in itertools.islice(reversed(self.fresh), _IN_WAIT) if key in self.followed]
+        fresh = self._newest_fresh()
         if fresh:
             streams = {key: self.followed[key].last_id for key in fresh}
             sent = {key: self.followed[key] for key in fresh}
