@@ -32,13 +32,18 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def cluster_port() -> int:
-    """A free port whose bus port (+10000) is free too."""
-    for _ in range(200):
+def cluster_ports(count: int) -> list[int]:
+    """`count` free ports whose bus ports (+10000) are free too, none of the ports or bus ports the same: each
+    is only checked as bindable, so two picks of one port would both pass (a node then failed to start)."""
+    chosen: list[int] = []
+    for _ in range(200 * count):
         port = random.randint(*_PORT_RANGE)
-        if _bindable(port) and _bindable(port + 10000):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
+        taken = {q for c in chosen for q in (c, c + 10000)}
+        if {port, port + 10000}.isdisjoint(taken) and _bindable(port) and _bindable(port + 10000):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError("no free port pairs for the cluster's nodes")
 
 
 def _wait(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
@@ -59,8 +64,8 @@ class LocalCluster:
 
     def __init__(self, workdir: Path, masters: int = 3, replicas: int = 0) -> None:
         self.workdir = workdir
-        self.ports = [cluster_port() for _ in range(masters)]
-        self.replica_ports = [cluster_port() for _ in range(masters * replicas)]
+        ports = cluster_ports(masters * (1 + replicas))
+        self.ports, self.replica_ports = ports[:masters], ports[masters:]
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
